@@ -1,0 +1,365 @@
+"""Correctness of mora.py: LoRA / MoRA adapters, merge, restart and the model-level helpers.
+
+    python -m pytest -q tests/test_mora.py
+
+Every check compares against an independent formulation, in float64 where numbers are compared.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import mora
+from mora import COMPRESSIONS, LoRALinear, MoRALinear
+
+F64 = torch.float64
+# (in, out, r): square, in < out, in > out, in divisible by r^ (r^ = 16), r^ >= in
+SHAPES = [(64, 64, 4), (48, 80, 4), (80, 48, 4), (32, 32, 4), (6, 20, 8)]
+KINDS = ["lora"] + [f"mora-{c}" for c in COMPRESSIONS] + ["mora-share-contiguous"]
+
+
+def make_adapter(kind: str, n_in: int, n_out: int, r: int, dtype=F64, randomize=True, seed=0):
+    """An adapter of `kind` around a fresh nn.Linear, with random (non-zero) adapter weights when `randomize`."""
+    torch.manual_seed(seed)
+    base = nn.Linear(n_in, n_out, dtype=dtype)
+    if kind == "lora":
+        layer = LoRALinear(base, r)
+    else:
+        _, compress, *groups = kind.split("-")
+        layer = MoRALinear(base, r, compress=compress, groups=groups[0] if groups else "strided")
+    if randomize:
+        with torch.no_grad():
+            for name, p in layer.named_parameters():
+                if not name.startswith("base."):
+                    p.normal_()
+    return layer
+
+
+def rank(matrix: torch.Tensor) -> int:
+    return torch.linalg.matrix_rank(matrix.double()).item()
+
+
+# 1. forward == F.linear(x, W + dW, b) -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n_in,n_out,r", SHAPES)
+@pytest.mark.parametrize("batch_shape", [(7,), (2, 5)])
+def test_forward_equals_linear_with_delta_weight(kind, n_in, n_out, r, batch_shape):
+    layer = make_adapter(kind, n_in, n_out, r)
+    x = torch.randn(*batch_shape, n_in, dtype=F64)
+    expected = F.linear(x, layer.base.weight + layer.delta_weight(), layer.base.bias)
+    torch.testing.assert_close(layer(x), expected, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "lora"])
+def test_forward_equals_linear_after_remora_restart(kind):
+    """A restarted MoRA (permuted patterns) is still exactly W' + dW."""
+    layer = make_adapter(kind, 50, 70, 4)
+    layer.restart()
+    nn.init.normal_(layer.M)
+    x = torch.randn(9, 50, dtype=F64)
+    expected = F.linear(x, layer.base.weight + layer.delta_weight(), layer.base.bias)
+    torch.testing.assert_close(layer(x), expected, atol=1e-10, rtol=0)
+
+
+# 2. dW equals an explicit D @ M @ C built here, following the authors' conventions ----------------------------------
+
+def compress_matrices(n_in: int, size: int, n_blocks: int, contiguous=False) -> list[torch.Tensor]:
+    """One (size, in) 0/1 matrix per block: slot k of block b reads feature (b*size + k) mod in (wrap-around padding);
+    contiguous grouping: group k of block b reads feature (k*n_blocks + b) mod in."""
+    mats = []
+    for b in range(n_blocks):
+        C = torch.zeros(size, n_in, dtype=F64)
+        for k in range(size):
+            C[k, ((k * n_blocks + b) if contiguous else (b * size + k)) % n_in] += 1
+        mats.append(C)
+    return mats
+
+
+def rotation_matrix(size: int, block: int) -> torch.Tensor:
+    """RoPE rotation of block `block`: pair (j, j + size/2) rotated by block * 10000^(-2j/size)."""
+    R = torch.zeros(size, size, dtype=F64)
+    half = size // 2
+    for j in range(half):
+        angle = block * 10000.0 ** (-2 * j / size)
+        c, s = math.cos(angle), math.sin(angle)
+        R[j, j], R[j, j + half] = c, -s
+        R[j + half, j], R[j + half, j + half] = s, c
+    return R
+
+
+def expected_delta(layer: MoRALinear) -> torch.Tensor:
+    n_in, n_out, size, M = layer.in_features, layer.out_features, layer.r_hat, layer.M.detach()
+    n_blocks = math.ceil(n_in / size)
+    contiguous = layer.groups == "contiguous"
+    Cs = compress_matrices(n_in, size, n_blocks, contiguous)
+    if layer.compress == "share":
+        C = sum(Cs)  # sum of the groups
+        D = torch.zeros(n_out, size, dtype=F64)
+        for j in range(n_out):
+            D[j, (j * size // n_out) if contiguous else (j % size)] = 1  # repeat-interleave / repeat
+        return D @ M @ C
+    assert layer.compress == "rotate"
+    blocks = torch.cat([M @ rotation_matrix(size, b) @ C for b, C in enumerate(Cs)])  # (n_blocks*size, in)
+    length = n_blocks * size
+    D = torch.zeros(n_out, length, dtype=F64)
+    if n_in <= n_out:  # the authors: flatten the block outputs, truncate or tile to out
+        for j in range(n_out):
+            D[j, j % length] = 1
+    else:  # departure from the authors: fold every block output onto the outputs
+        for p in range(length):
+            D[p % n_out, p] = 1
+    return D @ blocks
+
+
+@pytest.mark.parametrize("kind", ["mora-share", "mora-share-contiguous", "mora-rotate"])
+@pytest.mark.parametrize("n_in,n_out,r", SHAPES + [(40, 200, 2)])
+def test_delta_weight_matches_explicit_construction(kind, n_in, n_out, r):
+    layer = make_adapter(kind, n_in, n_out, r)
+    torch.testing.assert_close(layer.delta_weight(), expected_delta(layer), atol=1e-10, rtol=0)
+
+
+def test_no_input_feature_ignored_when_in_greater_than_out():
+    """The authors' rotation keeps ceil(out/r^) blocks; every input column of dW must be non-zero here."""
+    for compress in ("decouple", "rotate"):
+        layer = make_adapter(f"mora-{compress}", 1024, 256, 8)
+        assert layer.n_blocks > math.ceil(256 / layer.r_hat)  # there are blocks the authors would drop
+        assert (layer.delta_weight().abs().sum(0) > 0).all()
+        assert rank(layer.delta_weight()) == 256
+
+
+# 3. parameter parity --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_in,n_out,r", [(768, 768, 8), (768, 2304, 8), (3072, 768, 8), (4096, 11008, 8),
+                                          (4096, 4096, 256), (100, 37, 3)])
+def test_mora_trains_as_many_parameters_as_lora(n_in, n_out, r):
+    lora = make_adapter("lora", n_in, n_out, r, dtype=torch.float32, randomize=False)
+    budget = mora.count_trainable(lora)
+    assert budget == r * (n_in + n_out)
+    for compress in COMPRESSIONS:
+        layer = make_adapter(f"mora-{compress}", n_in, n_out, r, dtype=torch.float32, randomize=False)
+        size = layer.r_hat
+        assert mora.count_trainable(layer) == size * size
+        assert [n for n, p in layer.named_parameters() if p.requires_grad] == ["M"]
+        # rounding to the nearest integer costs at most r^ + 1; rounding that down to even (rotate) up to 3 r^ + 3
+        assert abs(size * size - budget) <= (3 * size + 3 if compress == "rotate" else size + 1)
+        if (n_in, n_out) in [(768, 768), (4096, 11008), (4096, 4096)]:  # the README table's shapes
+            assert abs(size * size - budget) <= 2 * size + 1
+
+
+def test_r_hat_rule():
+    assert mora.r_hat(4096, 4096, 8) == 256
+    assert mora.r_hat(768, 768, 8) == 111 and mora.r_hat(768, 768, 8, even=True) == 110
+    assert mora.r_hat(4096, 11008, 8) == 348  # sqrt(120832) = 347.6
+    with pytest.raises(ValueError, match="r must be a positive integer"):
+        mora.r_hat(64, 64, 0)
+
+
+# 4. rank ---------------------------------------------------------------------------------------------------------------
+
+def test_rank_of_random_updates():
+    r = 8
+    assert rank(make_adapter("lora", 256, 256, r).delta_weight()) == r
+    share = make_adapter("mora-share", 256, 256, r)
+    assert share.r_hat == 64 and rank(share.delta_weight()) == 64
+    assert rank(make_adapter("mora-share-contiguous", 256, 256, r).delta_weight()) == 64
+    for compress in ("decouple", "rotate"):
+        assert rank(make_adapter(f"mora-{compress}", 256, 256, r).delta_weight()) == 256
+    assert rank(make_adapter("mora-rotate", 128, 384, r).delta_weight()) == 128  # min(in, out)
+
+
+# 5. zero init, freezing, one optimizer step ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fresh_adapter_leaves_outputs_unchanged(kind):
+    layer = make_adapter(kind, 40, 60, 4, randomize=False)
+    x = torch.randn(5, 40, dtype=F64)
+    assert torch.equal(layer(x), layer.base(x))
+    assert torch.count_nonzero(layer.delta_weight()) == 0
+
+
+def small_mlp(dtype=torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(10, 16), nn.LayerNorm(16), nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16),
+                         nn.Linear(16, 10)).to(dtype)
+
+
+@pytest.mark.parametrize("method,kwargs", [("lora", {}), ("mora", {"compress": "rotate"}), ("mora", {"compress": "share"})])
+def test_only_adapters_train(method, kwargs):
+    model = mora.add_adapters(small_mlp(), method, 4, targets=["2", "4"], **kwargs)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = {"2.lora_A", "2.lora_B", "4.lora_A", "4.lora_B"} if method == "lora" else {"2.M", "4.M"}
+    assert trainable == expected
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    tokens = torch.randint(0, 10, (4, 8))
+    F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten()).backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        changed = not torch.equal(p, before[n])
+        if n in {"2.lora_A", "4.lora_A"}:  # B is zero at the first step, so A gets no gradient yet
+            assert not changed
+        else:
+            assert changed == (n in expected), n
+
+
+# 6. merge -----------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_merge_unmerge_roundtrip(kind):
+    layer = make_adapter(kind, 48, 80, 4)
+    x = torch.randn(6, 48, dtype=F64)
+    w0, unmerged = layer.base.weight.detach().clone(), layer(x)
+    layer.merge()
+    assert layer.merged
+    w1 = layer.base.weight.detach().clone()
+    assert not torch.allclose(w1, w0)
+    torch.testing.assert_close(w1, w0 + layer.delta_weight(), atol=1e-12, rtol=0)
+    torch.testing.assert_close(layer(x), unmerged, atol=1e-10, rtol=0)
+    layer.merge()  # merging twice == once
+    assert torch.equal(layer.base.weight, w1)
+    layer.unmerge()
+    assert not layer.merged
+    torch.testing.assert_close(layer.base.weight, w0, atol=1e-12, rtol=0)
+    torch.testing.assert_close(layer(x), unmerged, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["lora", "mora-rotate"])
+def test_merged_state_survives_state_dict_roundtrip(kind):
+    """loralib pitfall: a merged W loaded into an unmerged module would apply the update twice."""
+    layer = make_adapter(kind, 48, 80, 4)
+    x = torch.randn(6, 48, dtype=F64)
+    expected = layer(x)
+    layer.merge()
+    fresh = make_adapter(kind, 48, 80, 4, randomize=False, seed=1)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.merged
+    torch.testing.assert_close(fresh(x), expected, atol=1e-10, rtol=0)
+    fresh.unmerge()
+    torch.testing.assert_close(fresh(x), expected, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["lora", "mora-share"])
+def test_merge_refuses_non_finite_update(kind):
+    layer = make_adapter(kind, 16, 16, 2)
+    with torch.no_grad():
+        next(p for n, p in layer.named_parameters() if not n.startswith("base.")).fill_(float("nan"))
+    w0 = layer.base.weight.detach().clone()
+    with pytest.raises(ValueError, match="inf/nan"):
+        layer.merge()
+    assert torch.equal(layer.base.weight, w0) and not layer.merged
+
+
+@pytest.mark.parametrize("kind", ["lora", "mora-rotate"])
+def test_bf16_merge_uses_fp32_delta(kind):
+    layer = make_adapter(kind, 64, 96, 4, dtype=torch.bfloat16)
+    fp32 = copy.deepcopy(layer).float()
+    w0 = layer.base.weight.detach().float()
+    layer.merge()
+    assert layer.base.weight.dtype == torch.bfloat16
+    assert torch.equal(layer.base.weight, (w0 + fp32.delta_weight()).bfloat16())
+
+
+def test_rotation_tables_follow_dtype_and_device():
+    layer = make_adapter("mora-rotate", 40, 60, 4, dtype=torch.float32)
+    x = torch.randn(3, 40)
+    expected = layer(x)
+    layer = layer.to(torch.bfloat16)
+    assert layer.cos.dtype == torch.bfloat16
+    out = layer(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)
+
+
+# 7. restart -------------------------------------------------------------------------------------------------------------
+
+def test_lora_restart_keeps_output_and_reinitializes():
+    layer = make_adapter("lora", 48, 80, 4)
+    x = torch.randn(6, 48, dtype=F64)
+    before = layer(x)
+    layer.restart()
+    torch.testing.assert_close(layer(x), before, atol=1e-10, rtol=0)
+    assert not layer.merged and torch.count_nonzero(layer.lora_B) == 0 and torch.count_nonzero(layer.lora_A) > 0
+
+
+def test_remora_accumulated_rank_keeps_growing():
+    torch.manual_seed(0)
+    base = nn.Linear(256, 256, bias=False, dtype=F64)
+    w0 = base.weight.detach().clone()
+    layer = MoRALinear(base, 8, compress="share")
+    assert layer.r_hat == 64
+    ranks = []
+    for cycle in range(4):
+        nn.init.normal_(layer.M)
+        x = torch.randn(4, 256, dtype=F64)
+        before = layer(x)
+        layer.restart()
+        torch.testing.assert_close(layer(x), before, atol=1e-10, rtol=0)  # the restart itself changes nothing
+        assert torch.count_nonzero(layer.M) == 0
+        ranks.append(rank(layer.base.weight - w0))
+    assert ranks[0] == 64
+    assert all(b > a for a, b in zip(ranks, ranks[1:])), ranks
+    assert ranks[-1] > 128, ranks
+
+
+# 8. model-level helpers on a model that is not ours ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["lora", "mora"])
+def test_transformer_encoder_layer(method):
+    torch.manual_seed(0)
+    model = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=True)
+    mora.add_adapters(model, method, 4, targets=["linear1", "linear2"])
+    assert isinstance(model.linear1, mora.AdapterLinear) and isinstance(model.linear2, mora.AdapterLinear)
+    keys = {"lora": ["lora_A", "lora_B"], "mora": ["M", "in_index", "out_index"]}[method]
+    assert set(mora.adapter_state_dict(model)) == {f"{layer}.{k}" for layer in ("linear1", "linear2") for k in keys}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.normal_(std=0.1)
+    x = torch.randn(2, 5, 32)
+    model.train()
+    reference = model(x)  # the plain path, adapters applied by forward()
+    model.eval()
+    with torch.no_grad():  # torch's fused inference path reads .weight directly: it must see W + dW
+        torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-5)
+        mora.merge_adapters(model)
+        torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "mora"])
+def test_adapter_state_dict_roundtrip(method):
+    model = mora.add_adapters(small_mlp(), method, 4, targets=["2", "4"])
+    for layer in mora.adapter_layers(model).values():
+        layer.restart()  # non-default ReMoRA patterns must travel too
+        with torch.no_grad():
+            for name, p in layer.named_parameters():
+                if p.requires_grad:
+                    p.normal_()
+    saved = {k: v.clone() for k, v in mora.adapter_state_dict(model).items()}
+    assert not any(".base." in k for k in saved)
+    other = mora.add_adapters(small_mlp(), method, 4, targets=["2", "4"])
+    other.load_state_dict(model.state_dict())  # same base weights
+    for layer in mora.adapter_layers(other).values():
+        layer.reset_adapter()
+    mora.load_adapter_state_dict(other, saved)
+    tokens = torch.randint(0, 10, (3, 5))
+    torch.testing.assert_close(other(tokens), model(tokens))
+    with pytest.raises(KeyError, match="missing.*unexpected.*bogus"):
+        mora.load_adapter_state_dict(other, {**{k: v for k, v in list(saved.items())[1:]}, "bogus": saved[next(iter(saved))]})
+
+
+def test_bad_arguments_get_clear_errors():
+    with pytest.raises(ValueError, match=r"target\(s\) \['c_attn'\] match no nn.Linear"):
+        mora.add_adapters(small_mlp(), "mora", 4, targets=["c_attn"])
+    with pytest.raises(ValueError, match="method must be one of"):
+        mora.add_adapters(small_mlp(), "dora", 4, targets=["2"])
+    with pytest.raises(ValueError, match="compress must be one of"):
+        MoRALinear(nn.Linear(8, 8), 2, compress="zip")
+    with pytest.raises(ValueError, match="LoRA rank r must be a positive integer"):
+        LoRALinear(nn.Linear(8, 8), 0)
+    with pytest.raises(ValueError, match="already has adapters"):
+        mora.add_adapters(mora.add_adapters(small_mlp(), "lora", 2, ["2"]), "lora", 2, ["4"])
