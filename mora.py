@@ -32,8 +32,8 @@ do. Where this file departs from the authors' code (kongds/MoRA, peft-mora/.../l
     the output (output j sums block-output positions j, j + out, j + 2 out, ...), so every input feature counts.
   * ReMoRA: the authors alternate two groupings, so the accumulated rank stops growing after two merges. Here every
     restart draws a fresh random permutation of the input and output features, so the rank keeps growing.
-  * delta_weight() is built with index operations (no Python loop over features), works for every shape (also
-    r^ >= in), and the rotation tables are buffers that follow the module across devices and dtypes.
+  * dW is built with index operations (no Python loop over features) and merge() adds it into W in place, block by
+    block; every shape works (also r^ >= in), and the rotation tables are buffers that follow .to(device / dtype).
 For in <= out, "share" (strided) and "rotate" match the authors' operators number for number.
 """
 
@@ -53,26 +53,37 @@ def r_hat(in_features: int, out_features: int, r: int, even: bool = False) -> in
     return size // 2 * 2 if even else size  # rotation pairs dimension j with j + r^/2
 
 
-class AdapterLinear(nn.Module):
-    """What LoRA and MoRA share: a frozen base nn.Linear, dropout on the adapter path, merge / unmerge / restart."""
+BLOCK_ELEMENTS = 1 << 20  # dW is built and merged in blocks of rows of about this many weights
 
-    def __init__(self, base: nn.Linear, dropout: float):
+# Up to this many weights (e.g. 512 x 512) a layer applies W + dW in one matmul: there the adapter's own operators
+# cost more time than one weight-sized matmul (bench.py measures both routes). Above it, the operators are cheaper.
+DENSE_MAX_WEIGHTS = 1 << 18
+
+
+class AdapterLinear(nn.Module):
+    """What LoRA and MoRA share: a frozen base nn.Linear, dropout on the adapter path, merge / unmerge / restart.
+
+    forward() has two routes to the same numbers: base(x) + adapter_forward(x), the method as the papers write it,
+    or, for small layers (`dense`), F.linear(x, W + dW), which costs less there. dense=None picks by layer size.
+    Subclasses define adapter_forward(x) and reset_adapter(), and give dW as compact factors (delta_factors(),
+    the first carrying dW's dtype) plus add_delta_rows(acc, start, factors, sign): acc += sign * dW[start:...]."""
+
+    def __init__(self, base: nn.Linear, dropout: float, dense: bool | None):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"adapters wrap an nn.Linear, got {type(base).__name__}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if dense and dropout > 0:
+            raise ValueError("dense=True applies W + dW in one matmul, so it cannot drop out the adapter path alone; "
+                             "use dropout=0 or dense=False")
         self.base = base.requires_grad_(False)
+        self.in_features, self.out_features = base.in_features, base.out_features
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if dense is None:
+            dense = dropout == 0 and base.in_features * base.out_features <= DENSE_MAX_WEIGHTS
+        self.dense = dense
         self._merged = False
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     @property
     def merged(self) -> bool:
@@ -91,24 +102,32 @@ class AdapterLinear(nn.Module):
         return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        y = self.base(x)
         if self._merged:
-            return y
-        return y + self.adapter_forward(self.dropout(x))
+            return self.base(x)
+        if self.dense:
+            return F.linear(x, self.weight, self.bias)
+        return self.base(x) + self.adapter_forward(self.dropout(x))
 
     def compute_dtype(self, param: torch.Tensor) -> torch.dtype:
         """dW is built in at least float32, also for bf16 / fp16 adapters (a merge must not round twice)."""
         return torch.promote_types(param.dtype, torch.float32)
 
+    def delta_weight(self) -> torch.Tensor:
+        """dW (out, in), in at least float32. Built by the same code that merges, so both always agree."""
+        factors = self.delta_factors()
+        delta = factors[0].new_zeros(self.out_features, self.in_features)
+        self.add_delta(delta, factors, 1.0)
+        return delta
+
     @torch.no_grad()
     def merge(self) -> None:
-        """W <- W + dW. Refuses a non-finite dW and leaves W untouched then."""
+        """W <- W + dW. Refuses a non-finite update and leaves W untouched then."""
         if self._merged:
             return
-        delta = self.delta_weight()
-        if not torch.isfinite(delta).all():
+        adapter_weights = [p for name, p in self.named_parameters() if not name.startswith("base.")]
+        if not all(torch.isfinite(p).all() for p in adapter_weights):  # finite ones give a finite dW (no overflow)
             raise ValueError(f"{type(self).__name__}.merge(): the update has inf/nan values; W was left unchanged")
-        self.base.weight.add_(delta)  # added in dW's precision, rounded once to W's dtype
+        self.add_delta(self.base.weight, self.delta_factors(), 1.0)
         self._merged = True
 
     @torch.no_grad()
@@ -116,8 +135,20 @@ class AdapterLinear(nn.Module):
         """W <- W - dW (exact up to the rounding of W's dtype)."""
         if not self._merged:
             return
-        self.base.weight.sub_(self.delta_weight())
+        self.add_delta(self.base.weight, self.delta_factors(), -1.0)
         self._merged = False
+
+    def add_delta(self, weight: torch.Tensor, factors: tuple[torch.Tensor, ...], sign: float) -> None:
+        """weight += sign * dW, a block of rows at a time, each accumulated in dW's precision and rounded once to
+        weight's dtype. No weight-sized temporary: on CPU, fresh memory (the OS zero-fills every new page) costs
+        several times the add itself."""
+        step = max(1, BLOCK_ELEMENTS // self.in_features)
+        for start in range(0, self.out_features, step):
+            rows = weight[start:start + step]
+            acc = rows.to(factors[0].dtype)  # `rows` itself when W already has dW's dtype
+            self.add_delta_rows(acc, start, factors, sign)
+            if acc is not rows:
+                rows.copy_(acc)
 
     @torch.no_grad()
     def restart(self) -> None:
@@ -133,21 +164,13 @@ class AdapterLinear(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self._merged = bool(state["merged"])
 
-    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def delta_weight(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def reset_adapter(self) -> None:
-        raise NotImplementedError
-
 
 class LoRALinear(AdapterLinear):
     """h = W x + (alpha / r) B A x, with A kaiming-uniform and B zero, so training starts from the base model."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0):
-        super().__init__(base, dropout)
+    def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0,
+                 dense: bool | None = None):
+        super().__init__(base, dropout, dense)
         if not isinstance(r, int) or r <= 0:
             raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
         self.r = r
@@ -165,9 +188,13 @@ class LoRALinear(AdapterLinear):
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling  # (..., in) -> (..., r) -> (..., out)
 
-    def delta_weight(self) -> torch.Tensor:
+    def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = self.compute_dtype(self.lora_A)
-        return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)) * self.scaling  # (out, in)
+        return self.lora_B.to(dtype) * self.scaling, self.lora_A.to(dtype)  # (out, r), (r, in)
+
+    def add_delta_rows(self, acc: torch.Tensor, start: int, factors, sign: float) -> torch.Tensor:
+        scaled_B, A = factors
+        return acc.addmm_(scaled_B[start:start + len(acc)], A, alpha=sign)  # dW = (alpha/r) B A
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha:g}"
@@ -188,8 +215,8 @@ class MoRALinear(AdapterLinear):
     """
 
     def __init__(self, base: nn.Linear, r: int, compress: str = "rotate", dropout: float = 0.0,
-                 groups: str = "strided"):
-        super().__init__(base, dropout)
+                 groups: str = "strided", dense: bool | None = None):
+        super().__init__(base, dropout, dense)
         if compress not in COMPRESSIONS:
             raise ValueError(f"compress must be one of {COMPRESSIONS}, got {compress!r}")
         if groups not in GROUPINGS:
@@ -265,25 +292,33 @@ class MoRALinear(AdapterLinear):
             z = z.unflatten(-1, (self.n_folds, self.out_features)).sum(-2)  # (..., out)
         return z.index_select(-1, self.out_index)  # (..., out)
 
-    def delta_weight(self) -> torch.Tensor:
-        """dW (out, in) from M by index operations: one write of an (out, in) matrix, no loop over features."""
+    def delta_factors(self) -> tuple[torch.Tensor, ...]:
+        """dW in compact form, by index operations (no loop over features):
+          share: (per_group,), (r^, in): dW[j] = per_group[out_index[j]];
+          else:  (values, columns), (out, n_folds*r^) each: dW[j, columns[j, k]] += values[j, k]."""
         dtype = self.compute_dtype(self.M)
         if self.compress == "share":
-            # dW[j, i] = sum over slots s that read feature i of M[out_index[j], s mod r^]
+            # per_group[g, i] = sum over the slots s that read feature i of M[g, s mod r^]
             tiled = self.M.to(dtype).repeat(1, self.n_blocks)  # (r^, n_blocks*r^): column s is M[:, s mod r^]
-            per_group = tiled.new_zeros(self.r_hat, self.in_features).index_add_(1, self.in_index, tiled)
-            return per_group[self.out_index]  # (out, in)
-        # Block-diagonal case: output position p = b*r^ + o of M's output is row o of kernel b over the slots of
-        # block b. Output j gathers the positions out_index[j] + k*out (k < n_folds) that exist.
+            return tiled.new_zeros(self.r_hat, self.in_features).index_add_(1, self.in_index, tiled),
+        # Block-diagonal: position p = b*r^ + o of M's output is row o of kernel b, over the slots of block b.
+        # Output j gathers the positions out_index[j] + k*out (k < n_folds); those past M's output read zeros.
         n_positions = self.n_blocks * self.r_hat
-        positions = self.out_index + self.out_features * torch.arange(self.n_folds, device=self.out_index.device)[:, None]
-        exists = positions < n_positions  # (n_folds, out)
-        positions = positions.clamp(max=n_positions - 1)
-        rows = self.block_kernels(dtype).reshape(n_positions, self.r_hat)[positions] * exists[..., None]
-        cols = self.in_index.view(self.n_blocks, self.r_hat)[positions // self.r_hat]  # (n_folds, out, r^)
-        delta = rows.new_zeros(self.out_features, self.in_features)
-        return delta.scatter_add_(1, cols.transpose(0, 1).reshape(self.out_features, -1),
-                                  rows.transpose(0, 1).reshape(self.out_features, -1))
+        folds = torch.arange(self.n_folds, device=self.out_index.device)
+        positions = self.out_index[:, None] + self.out_features * folds  # (out, n_folds)
+        kernels = self.block_kernels(dtype).reshape(n_positions, self.r_hat)
+        kernels = F.pad(kernels, (0, 0, 0, max(0, self.n_folds * self.out_features - n_positions)))
+        blocks = (positions // self.r_hat).clamp(max=self.n_blocks - 1)
+        values = kernels[positions].flatten(1)  # (out, n_folds*r^)
+        columns = self.in_index.view(self.n_blocks, self.r_hat)[blocks].flatten(1)  # (out, n_folds*r^)
+        return values, columns
+
+    def add_delta_rows(self, acc: torch.Tensor, start: int, factors, sign: float) -> torch.Tensor:
+        rows = slice(start, start + len(acc))
+        if self.compress == "share":
+            return acc.add_(factors[0][self.out_index[rows]], alpha=sign)
+        values, columns = factors
+        return acc.scatter_add_(1, columns[rows], values[rows] if sign > 0 else -values[rows])
 
     def extra_repr(self) -> str:
         groups = f", groups={self.groups}" if self.compress == "share" else ""
@@ -371,7 +406,8 @@ def count_trainable(model: nn.Module) -> int:
 
 
 if __name__ == "__main__":  # python mora.py: the table of r^ and trainable parameters in the README
-    print("| in x out | r | LoRA: params, max rank | MoRA share: r^, params, max rank | MoRA rotate: r^, params, max rank |")
+    print("| in x out | r | LoRA: params, max rank | MoRA share: r^, params, max rank "
+          "| MoRA rotate: r^, params, max rank |")
     print("|---|---|---|---|---|")
     for n_in, n_out in [(768, 768), (4096, 4096), (4096, 11008)]:
         for r in (8, 256):

@@ -22,15 +22,16 @@ SHAPES = [(64, 64, 4), (48, 80, 4), (80, 48, 4), (32, 32, 4), (6, 20, 8)]
 KINDS = ["lora"] + [f"mora-{c}" for c in COMPRESSIONS] + ["mora-share-contiguous"]
 
 
-def make_adapter(kind: str, n_in: int, n_out: int, r: int, dtype=F64, randomize=True, seed=0):
-    """An adapter of `kind` around a fresh nn.Linear, with random (non-zero) adapter weights when `randomize`."""
+def make_adapter(kind: str, n_in: int, n_out: int, r: int, dtype=F64, randomize=True, seed=0, dense=False):
+    """An adapter of `kind` around a fresh nn.Linear, with random (non-zero) adapter weights when `randomize`.
+    dense=False by default: the tests exercise the adapter's own operators, not the W + dW shortcut."""
     torch.manual_seed(seed)
     base = nn.Linear(n_in, n_out, dtype=dtype)
     if kind == "lora":
-        layer = LoRALinear(base, r)
+        layer = LoRALinear(base, r, dense=dense)
     else:
         _, compress, *groups = kind.split("-")
-        layer = MoRALinear(base, r, compress=compress, groups=groups[0] if groups else "strided")
+        layer = MoRALinear(base, r, compress=compress, groups=groups[0] if groups else "strided", dense=dense)
     if randomize:
         with torch.no_grad():
             for name, p in layer.named_parameters():
@@ -43,7 +44,7 @@ def rank(matrix: torch.Tensor) -> int:
     return torch.linalg.matrix_rank(matrix.double()).item()
 
 
-# 1. forward == F.linear(x, W + dW, b) -------------------------------------------------------------------------------
+# 1. forward == F.linear(x, W + dW, b) ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("n_in,n_out,r", SHAPES)
@@ -66,7 +67,31 @@ def test_forward_equals_linear_after_remora_restart(kind):
     torch.testing.assert_close(layer(x), expected, atol=1e-10, rtol=0)
 
 
-# 2. dW equals an explicit D @ M @ C built here, following the authors' conventions ----------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n_in,n_out,r", SHAPES)
+def test_dense_route_gives_same_outputs_and_gradients(kind, n_in, n_out, r):
+    """Small layers apply F.linear(x, W + dW): the output and every adapter gradient must match the operators'."""
+    x = torch.randn(2, 5, n_in, dtype=F64)
+    grads = []
+    for dense in (False, True):
+        layer = make_adapter(kind, n_in, n_out, r, dense=dense)
+        out = layer(x)
+        out.pow(2).sum().backward()
+        grads.append((out.detach(), [p.grad for p in layer.parameters() if p.requires_grad]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-10, rtol=0)
+    for structured, dense in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(structured, dense, atol=1e-9, rtol=1e-9)
+
+
+def test_dense_route_chosen_by_layer_size():
+    assert MoRALinear(nn.Linear(128, 512), 8).dense and LoRALinear(nn.Linear(512, 512), 8).dense
+    assert not MoRALinear(nn.Linear(768, 768), 8).dense and not LoRALinear(nn.Linear(4096, 1024), 8).dense
+    assert not LoRALinear(nn.Linear(64, 64), 8, dropout=0.1).dense  # dropout needs the separate adapter path
+    with pytest.raises(ValueError, match="cannot drop out"):
+        MoRALinear(nn.Linear(8, 8), 2, dropout=0.1, dense=True)
+
+
+# 2. dW equals an explicit D @ M @ C built here, following the authors' conventions ------------------------------------
 
 def compress_matrices(n_in: int, size: int, n_blocks: int, contiguous=False) -> list[torch.Tensor]:
     """One (size, in) 0/1 matrix per block: slot k of block b reads feature (b*size + k) mod in (wrap-around padding);
@@ -159,7 +184,7 @@ def test_r_hat_rule():
         mora.r_hat(64, 64, 0)
 
 
-# 4. rank ---------------------------------------------------------------------------------------------------------------
+# 4. rank --------------------------------------------------------------------------------------------------------------
 
 def test_rank_of_random_updates():
     r = 8
@@ -172,7 +197,7 @@ def test_rank_of_random_updates():
     assert rank(make_adapter("mora-rotate", 128, 384, r).delta_weight()) == 128  # min(in, out)
 
 
-# 5. zero init, freezing, one optimizer step ----------------------------------------------------------------------------
+# 5. zero init, freezing, one optimizer step ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fresh_adapter_leaves_outputs_unchanged(kind):
@@ -188,7 +213,8 @@ def small_mlp(dtype=torch.float32) -> nn.Module:
                          nn.Linear(16, 10)).to(dtype)
 
 
-@pytest.mark.parametrize("method,kwargs", [("lora", {}), ("mora", {"compress": "rotate"}), ("mora", {"compress": "share"})])
+@pytest.mark.parametrize("method,kwargs", [("lora", {}), ("mora", {"compress": "rotate"}),
+                                           ("mora", {"compress": "share"})])
 def test_only_adapters_train(method, kwargs):
     model = mora.add_adapters(small_mlp(), method, 4, targets=["2", "4"], **kwargs)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -207,7 +233,7 @@ def test_only_adapters_train(method, kwargs):
             assert changed == (n in expected), n
 
 
-# 6. merge -----------------------------------------------------------------------------------------------------------------
+# 6. merge -------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_merge_unmerge_roundtrip(kind):
@@ -226,6 +252,19 @@ def test_merge_unmerge_roundtrip(kind):
     assert not layer.merged
     torch.testing.assert_close(layer.base.weight, w0, atol=1e-12, rtol=0)
     torch.testing.assert_close(layer(x), unmerged, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n_in,n_out,r", SHAPES)
+def test_merge_in_blocks_of_rows_matches_the_operators(kind, n_in, n_out, r, monkeypatch):
+    monkeypatch.setattr(mora, "BLOCK_ELEMENTS", 100)  # several blocks of rows, the last one shorter
+    layer = make_adapter(kind, n_in, n_out, r)
+    x = torch.randn(6, n_in, dtype=F64)
+    w0, unmerged = layer.base.weight.detach().clone(), layer(x)  # through the adapter's operators
+    layer.merge()
+    torch.testing.assert_close(F.linear(x, layer.base.weight, layer.base.bias), unmerged, atol=1e-10, rtol=0)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base.weight, w0, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["lora", "mora-rotate"])
@@ -254,7 +293,7 @@ def test_merge_refuses_non_finite_update(kind):
     assert torch.equal(layer.base.weight, w0) and not layer.merged
 
 
-@pytest.mark.parametrize("kind", ["lora", "mora-rotate"])
+@pytest.mark.parametrize("kind", ["lora", "mora-rotate", "mora-share"])
 def test_bf16_merge_uses_fp32_delta(kind):
     layer = make_adapter(kind, 64, 96, 4, dtype=torch.bfloat16)
     fp32 = copy.deepcopy(layer).float()
@@ -275,7 +314,7 @@ def test_rotation_tables_follow_dtype_and_device():
     torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)
 
 
-# 7. restart -------------------------------------------------------------------------------------------------------------
+# 7. restart -----------------------------------------------------------------------------------------------------------
 
 def test_lora_restart_keeps_output_and_reinitializes():
     layer = make_adapter("lora", 48, 80, 4)
@@ -306,13 +345,13 @@ def test_remora_accumulated_rank_keeps_growing():
     assert ranks[-1] > 128, ranks
 
 
-# 8. model-level helpers on a model that is not ours ------------------------------------------------------------------------
+# 8. model-level helpers on a model that is not ours -------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["lora", "mora"])
 def test_transformer_encoder_layer(method):
     torch.manual_seed(0)
     model = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=True)
-    mora.add_adapters(model, method, 4, targets=["linear1", "linear2"])
+    mora.add_adapters(model, method, 4, targets=["linear1", "linear2"], dense=False)
     assert isinstance(model.linear1, mora.AdapterLinear) and isinstance(model.linear2, mora.AdapterLinear)
     keys = {"lora": ["lora_A", "lora_B"], "mora": ["M", "in_index", "out_index"]}[method]
     assert set(mora.adapter_state_dict(model)) == {f"{layer}.{k}" for layer in ("linear1", "linear2") for k in keys}
@@ -349,7 +388,8 @@ def test_adapter_state_dict_roundtrip(method):
     tokens = torch.randint(0, 10, (3, 5))
     torch.testing.assert_close(other(tokens), model(tokens))
     with pytest.raises(KeyError, match="missing.*unexpected.*bogus"):
-        mora.load_adapter_state_dict(other, {**{k: v for k, v in list(saved.items())[1:]}, "bogus": saved[next(iter(saved))]})
+        first = next(iter(saved))
+        mora.load_adapter_state_dict(other, {**{k: v for k, v in saved.items() if k != first}, "bogus": saved[first]})
 
 
 def test_bad_arguments_get_clear_errors():
