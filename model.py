@@ -1,0 +1,162 @@
+"""
+A GPT-2-architecture language model in the style of nanoGPT (karpathy/nanoGPT), built from GPTConfig alone.
+
+Every projection is its own nn.Linear with a name that says what it does, so that adapters can target it by name:
+
+    h.{i}.attn.query / .key / .value / .output       attention projections
+    h.{i}.mlp.up / .down                              MLP projections
+
+No data, I/O or training code lives here; see train.py.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = field(default=128, metadata={"help": "context length in tokens"})
+    vocab_size: int = field(default=257, metadata={"help": "set by the tokenizer"})
+    n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
+    n_head: int = field(default=4, metadata={"help": "attention heads per block"})
+    n_embd: int = field(default=128, metadata={"help": "model width"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout probability (0 for pretraining)"})
+    bias: bool = field(default=True, metadata={"help": "biases in linear layers and LayerNorms, as GPT-2"})
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd={config.n_embd} must be a multiple of n_head={config.n_head}")
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.query = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.key = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.value = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.output = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+                   for proj in (self.query, self.key, self.value))
+        if cache is not None:  # generation: keys and values of earlier positions are kept, not recomputed
+            if cache:
+                k, v = torch.cat((cache["k"], k), dim=2), torch.cat((cache["v"], v), dim=2)  # (B, nh, past + T, hs)
+            cache["k"], cache["v"] = k, v
+        past = k.shape[2] - T  # cached positions before x
+        mask = None  # no past: causal; one new token: it sees everything; else query t sees keys up to past + t
+        if past and T > 1:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=past == 0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.output(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position embeddings
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer)
+            if name.endswith(("attn.output.weight", "mlp.down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # the tied head counts once
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[dict] | None = None):
+        """idx (B, T) -> logits, and the loss when targets are given. caches (one dict per block, see generate())
+        hold the keys and values of the positions before idx."""
+        B, T = idx.shape
+        past = caches[0]["k"].shape[2] if caches and caches[0] else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of length {past + T} is longer than block_size {self.config.block_size}")
+        pos = torch.arange(past, past + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.h):
+            x = block(x, caches[i] if caches else None)
+        x = self.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab): only the next token is needed
+        logits = self.lm_head(x)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
+                             device_type: str) -> torch.optim.AdamW:
+        """AdamW over the trainable parameters only. Weight decay applies to the ordinary weight matrices (of
+        nn.Linear / nn.Embedding modules), not to adapters, norms or biases."""
+        ordinary = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in trainable if id(p) in ordinary], "weight_decay": weight_decay},
+                  {"params": [p for p in trainable if id(p) not in ordinary], "weight_decay": 0.0}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, betas=betas,
+                                 fused=device_type == "cuda")
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None) -> torch.Tensor:
+        """Append max_new_tokens tokens to idx (B, T). temperature=0 decodes greedily. While the sequence fits the
+        context, each step feeds only the new token and reuses the cached keys and values of the others."""
+        caches = None
+        for _ in range(max_new_tokens):
+            if caches is not None and idx.shape[1] <= self.config.block_size:
+                logits, _ = self(idx[:, -1:], caches=caches)
+            else:  # the first step, or a sequence longer than the context: (re)compute the cropped window
+                caches = [{} for _ in self.h]
+                logits, _ = self(idx[:, -self.config.block_size:], caches=caches)
+            logits = logits[:, -1, :]  # (B, vocab)
+            if temperature == 0:
+                idx_next = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
