@@ -1,0 +1,260 @@
+"""
+Speed and memory of the adapters and of train.py's step, side by side. Prints markdown tables, writes JSON.
+
+    python bench.py --quick              # about a minute on a 2-core CPU
+    python bench.py                      # all shapes and ranks (CPU: about 7 minutes)
+    python bench.py --preset gpu         # one CUDA GPU: larger batches, bf16 autocast at model level
+
+Layer level, for the default GPT's shapes and LLaMA-2-7B's, at r = 8 and 256 (where the adapter fits the layer):
+forward + backward of a frozen nn.Linear, LoRALinear and MoRALinear with each compression; forward after merge();
+delta_weight() and merge() against two memory floors (one copy_ of a weight-sized tensor into existing memory, one
+clone into new memory); memory that autograd saves for backward (and peak CUDA memory on a GPU). Model level:
+ms/iter and tokens/s of train.py's step for full, LoRA and MoRA. Small layers (up to mora.DENSE_MAX_WEIGHTS weights) run each adapter both ways: dense (W + dW, the default
+there) and through the adapter's own operators. Timings are medians over repeats, after warm-up; CUDA events on GPU.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+import mora
+import train
+from model import GPT
+
+GPT_SHAPES = [(128, 128), (128, 512), (512, 128)]
+LLAMA_SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]
+PRESETS = {  # tokens per layer call (small, LLaMA-sized layers), repeats, model-level batch and dtype
+    "cpu": {"tokens": (4096, 512), "repeats": 7, "warmup": 2, "model_batch": 32, "dtype": "float32"},
+    "quick": {"tokens": (2048, 64), "repeats": 3, "warmup": 1, "model_batch": 16, "dtype": "float32"},
+    "gpu": {"tokens": (16384, 8192), "repeats": 20, "warmup": 5, "model_batch": 64, "dtype": "auto"},
+}
+
+
+def timed(fns, device: torch.device, repeats: int, warmup: int, setup=None) -> list[float]:
+    """Median milliseconds of each of fns over `repeats` rounds. The calls are interleaved, so that drift in the
+    machine's speed hits all alike; setup() runs untimed before each call."""
+    for _ in range(warmup):
+        for fn in fns:
+            setup and setup()
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, samples in zip(fns, times):
+            setup and setup()
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                samples.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - t0) * 1000)
+    return [statistics.median(samples) for samples in times]
+
+
+def saved_for_backward_mb(fn) -> float:
+    """Megabytes of distinct tensors that autograd keeps for the backward pass of fn()."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values()) / 2**20
+
+
+def make_layer(kind: str, n_in: int, n_out: int, r: int, device, dense: bool | None, dtype=torch.float32):
+    torch.manual_seed(0)
+    base = nn.Linear(n_in, n_out, device=device, dtype=dtype)
+    if kind == "base":
+        return base.requires_grad_(False)
+    layer = mora.LoRALinear(base, r, dense=dense) if kind == "lora" else mora.MoRALinear(base, r, kind, dense=dense)
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.requires_grad:
+                p.normal_(std=0.01)
+    return layer
+
+
+def fits(kind: str, n_in: int, n_out: int, r: int) -> bool:
+    width = r if kind == "lora" else mora.r_hat(n_in, n_out, r, even=kind == "rotate")
+    return width <= min(n_in, n_out)
+
+
+def layer_bench(shapes, ranks, preset, device) -> list[dict]:
+    rows = []
+    kinds = ["lora"] + list(mora.COMPRESSIONS)
+    for n_in, n_out in shapes:
+        tokens = preset["tokens"][0] if n_in * n_out <= mora.DENSE_MAX_WEIGHTS else preset["tokens"][1]
+        x = torch.randn(tokens, n_in, device=device, requires_grad=True)
+        time_it = lambda *fns, **kw: timed(fns, device, preset["repeats"], preset["warmup"], **kw)
+        fwd_bwd = lambda layer: time_it(lambda: layer(x).sum().backward())[0]
+        base = make_layer("base", n_in, n_out, 0, device, None)
+        base_ms = fwd_bwd(base)
+        weight = torch.empty(n_out, n_in, device=device)
+        # Two floors: writing a weight-sized tensor once into memory that exists (copy_), and into a new tensor
+        # (clone: on CPU the OS zero-fills every fresh page first, which costs more than the write itself).
+        copy_floor, alloc_floor = time_it(lambda: weight.copy_(base.weight), base.weight.clone)
+        for r in ranks:
+            routes = [None, False] if n_in * n_out <= mora.DENSE_MAX_WEIGHTS else [None]
+            for dense in routes:
+                row = {"in": n_in, "out": n_out, "r": r, "tokens": tokens, "route": "operators" if dense is False else
+                       ("dense" if n_in * n_out <= mora.DENSE_MAX_WEIGHTS else "operators"),
+                       "base_ms": base_ms, "copy_floor_ms": copy_floor, "alloc_floor_ms": alloc_floor,
+                       "base_saved_mb": saved_for_backward_mb(lambda: base(x))}
+                for kind in kinds:
+                    if not fits(kind, n_in, n_out, r):
+                        continue
+                    layer = make_layer(kind, n_in, n_out, r, device, dense)
+                    row[f"{kind}_ms"] = fwd_bwd(layer)
+                    row[f"{kind}_saved_mb"] = saved_for_backward_mb(lambda: layer(x))
+                    if dense is None:  # route-independent figures, once per shape and rank
+                        with torch.no_grad():
+                            row[f"{kind}_delta_ms"] = time_it(layer.delta_weight)[0]
+                            row[f"{kind}_merge_ms"] = time_it(layer.merge, setup=layer.unmerge)[0]
+                            layer.merge()
+                            row[f"{kind}_plain_inference_ms"], row[f"{kind}_merged_inference_ms"] = time_it(
+                                lambda: base(x), lambda: layer(x))
+                        bf16 = make_layer(kind, n_in, n_out, r, device, dense, dtype=torch.bfloat16)
+                        row[f"{kind}_merge_bf16_ms"] = time_it(bf16.merge, setup=bf16.unmerge)[0]
+                    del layer
+                rows.append(row)
+                print(f"  layer {n_in}x{n_out} r={r} ({row['route']}) done", flush=True)
+    return rows
+
+
+def model_bench(preset, device) -> list[dict]:
+    """train.py's optimizer step on the default config, methods interleaved so that drift hits all alike."""
+    _, ctx, dtype = train.setup_device(str(device), preset["dtype"])
+    x = y = None
+    models = {}
+    for method in ("full", "lora", "mora"):
+        cfg = train.parse_args(["--method", method, "--batch_size", str(preset["model_batch"])])
+        cfg.model.vocab_size = 257
+        torch.manual_seed(0)
+        model = train.adapt(GPT(cfg.model), cfg.adapter, pretraining=True).to(device)
+        models[method] = (model, model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device.type), cfg)
+        x = torch.randint(0, 257, (cfg.train.batch_size, cfg.model.block_size), device=device)
+        y = torch.randint(0, 257, x.shape, device=device)
+
+    def step(model, optimizer):
+        with ctx:
+            _, loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    steps = [lambda model=model, optimizer=optimizer: step(model, optimizer) for model, optimizer, _ in models.values()]
+    times = timed(steps, device, preset["repeats"] * 2, preset["warmup"])
+    rows = []
+    for (method, (model, optimizer, cfg)), ms in zip(models.items(), times):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            step(model, optimizer)
+        rows.append({"method": method, "dtype": dtype, "trainable_params": mora.count_trainable(model),
+                     "ms_per_iter": ms, "tokens_per_s": x.numel() / ms * 1000,
+                     "saved_mb": saved_for_backward_mb(lambda: model(x, y)[1]),
+                     "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None})
+    return rows
+
+
+def fmt(value, digits=2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def print_tables(layers: list[dict], models: list[dict]) -> None:
+    kinds = ["lora"] + list(mora.COMPRESSIONS)
+    print("\nForward + backward, ms (input requires grad; adapter weights random)\n")
+    print("| in x out | r | tokens | route | frozen base | LoRA | " + " | ".join(f"MoRA {k}" for k in mora.COMPRESSIONS)
+          + " | MoRA rotate / LoRA | MoRA share / LoRA |")
+    print("|---" * 12 + "|")
+    for row in layers:
+        ratio = lambda kind: fmt(row.get(f"{kind}_ms") and row.get("lora_ms") and row[f"{kind}_ms"] / row["lora_ms"])
+        print(f"| {row['in']}x{row['out']} | {row['r']} | {row['tokens']} | {row['route']} | {fmt(row['base_ms'])} | "
+              + " | ".join(fmt(row.get(f"{k}_ms")) for k in kinds) + f" | {ratio('rotate')} | {ratio('share')} |")
+    print("\nAfter merge(): inference forward vs the plain layer (timed interleaved); building dW and merging it "
+          "into W, ms, and as multiples of the copy floor (one copy_ of a weight-sized tensor) and of the allocation "
+          "floor (one clone)\n")
+    print("| in x out | r | method | merged / plain fwd | copy floor | alloc floor | dW | dW / copy | dW / alloc "
+          "| merge fp32 | merge fp32 / copy | merge bf16 / copy |")
+    print("|---" * 12 + "|")
+    for row in layers:
+        for kind in ("lora", "share", "rotate"):
+            if f"{kind}_delta_ms" not in row:
+                continue
+            get = lambda key: row[f"{kind}_{key}"]
+            copy, alloc = row["copy_floor_ms"], row["alloc_floor_ms"]
+            print(f"| {row['in']}x{row['out']} | {row['r']} | {kind} | "
+                  f"{get('merged_inference_ms') / get('plain_inference_ms'):.3f} | {copy:.2f} | {alloc:.2f} | "
+                  f"{get('delta_ms'):.2f} | {get('delta_ms') / copy:.1f} | {get('delta_ms') / alloc:.1f} | "
+                  f"{get('merge_ms'):.2f} | {get('merge_ms') / copy:.1f} | {get('merge_bf16_ms') / copy:.1f} |")
+    print("\nMemory saved for backward, MB (the frozen layer saves its input; adapters add their own)\n")
+    print("| in x out | r | tokens | route | frozen base | LoRA | "
+          + " | ".join(f"MoRA {k}" for k in mora.COMPRESSIONS) + " |")
+    print("|---" * 10 + "|")
+    for row in layers:
+        print(f"| {row['in']}x{row['out']} | {row['r']} | {row['tokens']} | {row['route']} | "
+              f"{fmt(row['base_saved_mb'])} | " + " | ".join(fmt(row.get(f"{k}_saved_mb")) for k in kinds) + " |")
+    print("\nModel level: one optimizer step of train.py's default GPT\n")
+    print("| method | dtype | trainable params | ms/iter | tokens/s | step / LoRA step | saved for backward MB "
+          "| peak CUDA MB |")
+    print("|---" * 8 + "|")
+    lora = next(r["ms_per_iter"] for r in models if r["method"] == "lora")
+    for row in models:
+        print(f"| {row['method']} | {row['dtype']} | {row['trainable_params']:,} | {row['ms_per_iter']:.1f} | "
+              f"{row['tokens_per_s']:,.0f} | {row['ms_per_iter'] / lora:.2f} | {row['saved_mb']:.1f} | "
+              f"{fmt(row['peak_cuda_mb'], 0)} |")
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   cpu)
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    parser.add_argument("--quick", action="store_true", help="fewer tokens, shapes and repeats: about a minute on CPU")
+    parser.add_argument("--preset", choices=("cpu", "gpu"), help="default: gpu on a CUDA device, else cpu")
+    parser.add_argument("--out", default=os.path.join("out", "bench"), help="folder for the JSON results")
+    args = parser.parse_args(argv)
+    device, _, _ = train.setup_device(args.device)
+    name = "quick" if args.quick else args.preset or ("gpu" if device.type == "cuda" else "cpu")
+    preset = PRESETS[name]
+    shapes = GPT_SHAPES + (LLAMA_SHAPES[1:2] if args.quick else LLAMA_SHAPES)
+    ranks = [8] if args.quick else [8, 256]
+    machine = machine_name(device)
+    print(f"bench: preset {name}, device {device} ({machine}), torch {torch.__version__}")
+    layers = layer_bench(shapes, ranks, preset, device)
+    models = model_bench(preset, device)
+    print_tables(layers, models)
+    results = {"preset": name, "device": str(device), "machine": machine, "torch": torch.__version__,
+               "date": time.strftime("%Y-%m-%d"), "layers": layers, "models": models}
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"bench-{name}-{device.type}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"\nresults: {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
