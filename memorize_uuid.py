@@ -2,8 +2,8 @@
 The paper's memorization experiment (§3, §5.1, Table 2): fine-tune a pretrained GPT on N random UUID pairs
 "key:value" and measure how fast each method memorizes them, at equal trainable parameters.
 
-    python memorize_uuid.py                                  # CPU preset: full, LoRA r=8, MoRA r=8; about 10 minutes
-    python memorize_uuid.py --methods lora,mora --lrs 3e-3   # a quicker look, one learning rate
+    python memorize_uuid.py                                  # CPU preset: full, LoRA r=8, MoRA r=8; under 10 minutes
+    python memorize_uuid.py --methods lora,mora --lrs 1e-2   # a quicker look, one learning rate
     python memorize_uuid.py --pairs 512 --steps 2000         # more facts, longer
     python memorize_uuid.py --base out/full/ckpt.pt          # fine-tune your own train.py checkpoint (--method full)
     python memorize_uuid.py --preset gpu                     # one H100/H200: 10,000 pairs, a larger base
