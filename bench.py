@@ -1,7 +1,7 @@
 """
 Speed and memory of the adapters and of train.py's step, side by side. Prints markdown tables, writes JSON.
 
-    python bench.py --quick              # about a minute on a 2-core CPU
+    python bench.py --quick              # about 20 seconds on a 2-core CPU
     python bench.py                      # all shapes and ranks (CPU: about 7 minutes)
     python bench.py --preset gpu         # one CUDA GPU: larger batches, bf16 autocast at model level
 
@@ -231,7 +231,7 @@ def machine_name(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    parser.add_argument("--quick", action="store_true", help="fewer tokens, shapes and repeats: about a minute on CPU")
+    parser.add_argument("--quick", action="store_true", help="fewer tokens, shapes and repeats: under a minute on CPU")
     parser.add_argument("--preset", choices=("cpu", "gpu"), help="default: gpu on a CUDA device, else cpu")
     parser.add_argument("--out", default=os.path.join("out", "bench"), help="folder for the JSON results")
     args = parser.parse_args(argv)
