@@ -149,20 +149,21 @@ def model_bench(preset, device) -> list[dict]:
         x = torch.randint(0, 257, (cfg.train.batch_size, cfg.model.block_size), device=device)
         y = torch.randint(0, 257, x.shape, device=device)
 
-    def step(model, optimizer):
+    no_scaling = torch.amp.GradScaler(device.type, enabled=False)
+
+    def step(model, optimizer, cfg):  # as in train.py: forward, backward, clip, AdamW
         with ctx:
             _, loss = model(x, y)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train.optimizer_step(model, optimizer, no_scaling, cfg.train.grad_clip)
 
-    steps = [lambda model=model, optimizer=optimizer: step(model, optimizer) for model, optimizer, _ in models.values()]
+    steps = [lambda args=args: step(*args) for args in models.values()]
     times = timed(steps, device, preset["repeats"] * 2, preset["warmup"])
     rows = []
     for (method, (model, optimizer, cfg)), ms in zip(models.items(), times):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-            step(model, optimizer)
+            step(model, optimizer, cfg)
         rows.append({"method": method, "dtype": dtype, "trainable_params": mora.count_trainable(model),
                      "ms_per_iter": ms, "tokens_per_s": x.numel() / ms * 1000,
                      "saved_mb": saved_for_backward_mb(lambda: model(x, y)[1]),

@@ -107,6 +107,7 @@ def finetune(base: dict, method: str, rank: int, lr: float, args, examples: torc
                if name.rsplit(".", 1)[-1] in TARGETS.split(",")}  # the weights before fine-tuning
     model = train.adapt(model, cfg.adapter, pretraining=False).to(device)
     optimizer = model.configure_optimizers(0.0, lr, (0.9, 0.99), device.type)
+    no_scaling = torch.amp.GradScaler(device.type, enabled=False)  # no float16 here
     n_trainable = mora.count_trainable(model)
     order = torch.Generator().manual_seed(args.seed)
     batches = torch.randperm(len(examples), generator=order)
@@ -133,9 +134,7 @@ def finetune(base: dict, method: str, rank: int, lr: float, args, examples: torc
         with ctx:
             _, loss_tensor = model(sequences[:, :-1], targets)
         loss_tensor.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train.optimizer_step(model, optimizer, no_scaling, cfg.train.grad_clip)
         loss = loss_tensor.item()
 
     adapters = mora.adapter_layers(model)

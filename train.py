@@ -206,6 +206,17 @@ def restart_adapters(model: GPT, optimizer: torch.optim.Optimizer) -> None:
             optimizer.state.pop(p, None)
 
 
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   grad_clip: float) -> None:
+    """After backward(): clip the gradient norm (of unscaled fp16 gradients), step, and clear the gradients."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def save_checkpoint(path: str, checkpoint: dict) -> None:
     """Write to a temporary file, then rename: an interrupted save never leaves a partial checkpoint behind."""
     tmp = f"{path}.tmp"
@@ -412,12 +423,7 @@ def main(argv: list[str] | None = None) -> dict:
                     _, loss = model(x, y)
                 loss_sum += loss.detach() / t.grad_accum
                 scaler.scale(loss / t.grad_accum).backward()
-            if t.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), t.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(raw_model, optimizer, scaler, t.grad_clip)
             iters_since_log += 1
 
             if (iter_num + 1) % t.log_interval == 0 or iter_num + 1 == t.max_iters:
