@@ -25,7 +25,7 @@ import torch.nn as nn
 
 import mora
 import train
-from model import GPT
+from model import GPT, PRETRAINED, GPTConfig
 
 GPT_SHAPES = [(128, 128), (128, 512), (512, 128)]
 LLAMA_SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]
@@ -136,16 +136,20 @@ def layer_bench(shapes, ranks, preset, device) -> list[dict]:
 
 
 def model_bench(preset, device) -> list[dict]:
-    """train.py's optimizer step on the default config, methods interleaved so that drift hits all alike."""
+    """train.py's optimizer step on the default config, methods interleaved so that drift hits all alike. LoRA and
+    MoRA run twice: with each layer's default route (dense for these small layers) and forced through the operators."""
     _, ctx, dtype = train.setup_device(str(device), preset["dtype"])
     x = y = None
     models = {}
-    for method in ("full", "lora", "mora"):
+    for method, route in (("full", "-"), ("lora", "default"), ("mora", "default"), ("lora", "operators"),
+                          ("mora", "operators")):
         cfg = train.parse_args(["--method", method, "--batch_size", str(preset["model_batch"])])
         cfg.model.vocab_size = 257
         torch.manual_seed(0)
         model = train.adapt(GPT(cfg.model), cfg.adapter, pretraining=True).to(device)
-        models[method] = (model, model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device.type), cfg)
+        for layer in mora.adapter_layers(model).values():
+            layer.dense = layer.dense and route == "default"
+        models[method, route] = (model, model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device.type), cfg)
         x = torch.randint(0, 257, (cfg.train.batch_size, cfg.model.block_size), device=device)
         y = torch.randint(0, 257, x.shape, device=device)
 
@@ -160,14 +164,30 @@ def model_bench(preset, device) -> list[dict]:
     steps = [lambda args=args: step(*args) for args in models.values()]
     times = timed(steps, device, preset["repeats"] * 2, preset["warmup"])
     rows = []
-    for (method, (model, optimizer, cfg)), ms in zip(models.items(), times):
+    for ((method, route), (model, optimizer, cfg)), ms in zip(models.items(), times):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             step(model, optimizer, cfg)
-        rows.append({"method": method, "dtype": dtype, "trainable_params": mora.count_trainable(model),
-                     "ms_per_iter": ms, "tokens_per_s": x.numel() / ms * 1000,
-                     "saved_mb": saved_for_backward_mb(lambda: model(x, y)[1]),
+        rows.append({"method": method, "route": route, "dtype": dtype,
+                     "trainable_params": mora.count_trainable(model), "ms_per_iter": ms,
+                     "tokens_per_s": x.numel() / ms * 1000, "saved_mb": saved_for_backward_mb(lambda: model(x, y)[1]),
                      "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None})
+    return rows
+
+
+def gpt2_memory(rank: int = 8) -> list[dict]:
+    """Trainable parameters, their gradients and AdamW's two moments, in bytes (float32), for GPT-2 small and medium
+    fine-tuned in full, with LoRA or with MoRA on every projection: counted on the meta device, nothing runs."""
+    rows = []
+    for name in ("gpt2", "gpt2-medium"):
+        for method in ("full", "lora", "mora"):
+            cfg = train.parse_args(["--method", method, "--rank", str(rank)])
+            with torch.device("meta"):
+                model = train.adapt(GPT(GPTConfig(vocab_size=50257, block_size=1024, **PRETRAINED[name])),
+                                    cfg.adapter, pretraining=False)
+            trainable = mora.count_trainable(model)
+            rows.append({"model": name, "method": method, "total_params": model.num_params(),
+                         "trainable_params": trainable, "grad_bytes": 4 * trainable, "adam_bytes": 8 * trainable})
     return rows
 
 
@@ -209,14 +229,25 @@ def print_tables(layers: list[dict], models: list[dict]) -> None:
         print(f"| {row['in']}x{row['out']} | {row['r']} | {row['tokens']} | {row['route']} | "
               f"{fmt(row['base_saved_mb'])} | " + " | ".join(fmt(row.get(f"{k}_saved_mb")) for k in kinds) + " |")
     print("\nModel level: one optimizer step of train.py's default GPT\n")
-    print("| method | dtype | trainable params | ms/iter | tokens/s | step / LoRA step | saved for backward MB "
-          "| peak CUDA MB |")
-    print("|---" * 8 + "|")
-    lora = next(r["ms_per_iter"] for r in models if r["method"] == "lora")
+    print("| method | route | dtype | trainable params | ms/iter | tokens/s | step / LoRA step (default route) "
+          "| saved for backward MB | peak CUDA MB |")
+    print("|---" * 9 + "|")
+    lora = next(r["ms_per_iter"] for r in models if (r["method"], r["route"]) == ("lora", "default"))
     for row in models:
-        print(f"| {row['method']} | {row['dtype']} | {row['trainable_params']:,} | {row['ms_per_iter']:.1f} | "
+        print(f"| {row['method']} | {row['route']} | {row['dtype']} | {row['trainable_params']:,} | "
+              f"{row['ms_per_iter']:.1f} | "
               f"{row['tokens_per_s']:,.0f} | {row['ms_per_iter'] / lora:.2f} | {row['saved_mb']:.1f} | "
               f"{fmt(row['peak_cuda_mb'], 0)} |")
+
+
+def print_memory(rows: list[dict]) -> None:
+    print("\nFine-tuning GPT-2 at r=8 on every projection: what training adds to the weights, float32 (counted, not "
+          "run)\n")
+    print("| model | method | parameters | trainable | gradients MB | AdamW state MB |")
+    print("|---" * 6 + "|")
+    for row in rows:
+        print(f"| {row['model']} | {row['method']} | {row['total_params']:,} | {row['trainable_params']:,} | "
+              f"{row['grad_bytes'] / 2**20:,.1f} | {row['adam_bytes'] / 2**20:,.1f} |")
 
 
 def machine_name(device: torch.device) -> str:
@@ -245,9 +276,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"bench: preset {name}, device {device} ({machine}), torch {torch.__version__}")
     layers = layer_bench(shapes, ranks, preset, device)
     models = model_bench(preset, device)
+    memory = gpt2_memory()
     print_tables(layers, models)
+    print_memory(memory)
     results = {"preset": name, "device": str(device), "machine": machine, "torch": torch.__version__,
-               "date": time.strftime("%Y-%m-%d"), "layers": layers, "models": models}
+               "date": time.strftime("%Y-%m-%d"), "layers": layers, "models": models, "gpt2_memory": memory}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"bench-{name}-{device.type}.json")
     with open(path + ".tmp", "w") as f:

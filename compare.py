@@ -1,14 +1,19 @@
 """
-Pretraining comparison: run train.py for several methods, each over the same grid of learning rates, and print each
-method at its best rate (the paper tuned every method's rate separately). Any other train.py flag passes through.
+Pretraining comparison (the paper's §5.3, Table 3): run train.py for several methods, pick each method's learning
+rate on a tuning seed, then report the final validation loss of each at its rate over other seeds. Any other
+train.py flag passes through.
 
-    python compare.py                                               # the README table: 5 methods x 3 rates, CPU ~40 min
-    python compare.py --methods lora,mora --rank 32                 # a higher rank ratio
-    python compare.py --methods relora,remora --merge_every 100 --tag merge100
-    python compare.py --lrs 1e-3,3e-3 --n_layer 12 --n_head 12 --n_embd 768 --max_iters 5000   # on a GPU
+    python compare.py --tune_only                   # each method over the grid on seed 0: CPU ~35 min
+    python compare.py                               # then 3 reporting seeds at each pick: ~35 min more
+    python compare.py --methods lora,mora --rank 21 --compress share --tag share-r21    # the paper's rank fraction
+    python compare.py --lrs 1e-3,3e-3,1e-2 --n_layer 12 --n_head 12 --n_embd 768 --max_iters 5000   # on a GPU
 
-Runs go to out/compare/<tag>/<method>-lr<lr>/ and a finished run is not repeated, so an interrupted sweep continues
-where it stopped. The table is printed and written to out/compare/<tag>/results.json.
+Protocol: the tuning seed picks the rate with the lowest final validation loss; its runs are never reported. The
+reported figure is the final validation loss (not the best over evaluations, which would be early stopping on the
+reported split), as mean ± std and min-max over the seeds, with the paired gaps LoRA - MoRA and ReLoRA - ReMoRA
+per seed and their 95% intervals. Runs go to out/compare/<tag>/<method>-lr<lr>-seed<seed>/ and a finished run is
+not repeated, so an interrupted sweep continues. Tables: stdout and out/compare/<tag>/results.json; with matplotlib,
+the validation curves in out/compare/<tag>/pretraining.png.
 """
 
 import argparse
@@ -18,53 +23,24 @@ import os
 from dataclasses import asdict
 
 import train
+from memorize_uuid import paired_difference, pick_rate, pyplot, save_figure, spread
+
+GAPS = [("lora", "mora"), ("relora", "remora")]
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
-    parser.add_argument("--methods", default=",".join(train.METHODS), help="comma-separated methods to compare")
-    parser.add_argument("--lrs", default="3e-3,1e-2,3e-2", help="comma-separated learning rates, the same for all")
-    parser.add_argument("--tag", default="default", help="name of this sweep, its folder under out/compare/")
-    args, train_flags = parser.parse_known_args(argv)
-    methods = args.methods.split(",")
-    lrs = [float(lr) for lr in args.lrs.split(",")]
-    unknown = [m for m in methods if m not in train.METHODS]
-    if unknown:
-        parser.error(f"--methods: unknown {unknown}; choose from {list(train.METHODS)}")
-    train.parse_args(train_flags)  # reject bad train.py flags before the first run
-    root = os.path.join("out", "compare", args.tag)
-
-    rows = []
-    for method in methods:
-        runs = []
-        for lr in lrs:
-            out_dir = os.path.join(root, f"{method}-lr{lr:g}")
-            flags = train_flags + ["--method", method, "--lr", str(lr), "--out_dir", out_dir]
-            summary = finished(out_dir, flags)
-            if summary is None:
-                summary = train.main(flags)
-            runs.append({"lr": lr, "val_loss": summary["best_val_loss"],
-                         "trainable_params": summary["trainable_params"], "wall_time_s": summary["wall_time_s"]})
-        best = min(runs, key=lambda run: run["val_loss"] if math.isfinite(run["val_loss"]) else math.inf)
-        rows.append({"method": method, "best_lr": best["lr"], "val_loss": best["val_loss"],
-                     "val_ppl": math.exp(best["val_loss"]), "trainable_params": best["trainable_params"], "runs": runs})
-
-    print("\n| method | trainable params | best lr | val loss | val ppl | "
-          + " | ".join(f"lr {lr:g}" for lr in lrs) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(lrs))
-    for row in rows:
-        print(f"| {row['method']} | {row['trainable_params']:,} | {row['best_lr']:g} | {row['val_loss']:.4f} | "
-              f"{row['val_ppl']:.2f} | " + " | ".join(f"{run['val_loss']:.4f}" for run in row["runs"]) + " |")
-    results = {"train_flags": train_flags, "lrs": lrs, "rows": rows}
-    tmp = os.path.join(root, "results.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, os.path.join(root, "results.json"))
-    return rows
+def run(root: str, method: str, lr: float, seed: int, train_flags: list[str]) -> list[dict]:
+    """The records (metrics.jsonl) of one finished train.py run, training it first if needed."""
+    out_dir = os.path.join(root, f"{method}-lr{lr:g}-seed{seed}")
+    flags = train_flags + ["--method", method, "--lr", str(lr), "--seed", str(seed), "--out_dir", out_dir]
+    records = finished(out_dir, flags)
+    if records is None:
+        train.main(flags)
+        records = finished(out_dir, flags)
+    return records
 
 
-def finished(out_dir: str, flags: list[str]) -> dict | None:
-    """The summary of a run with these flags that completed in out_dir, if there is one."""
+def finished(out_dir: str, flags: list[str]) -> list[dict] | None:
+    """The records of a run with these flags that completed in out_dir, if there is one."""
     path = os.path.join(out_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return None
@@ -74,8 +50,100 @@ def finished(out_dir: str, flags: list[str]) -> dict | None:
     wanted["model"]["vocab_size"] = config["model"]["vocab_size"]  # set by the tokenizer
     if config != wanted:
         raise train.UserError(f"{out_dir} holds a run with other flags; pass another --tag or delete that folder")
-    summaries = [r for r in records if r["kind"] == "summary"]
-    return summaries[-1] if summaries else None
+    return records if any(r["kind"] == "summary" for r in records) else None
+
+
+def final_loss(records: list[dict]) -> float:
+    loss = next(r for r in records if r["kind"] == "summary")["final_val_loss"]
+    return loss if math.isfinite(loss) else math.inf
+
+
+def evals(records: list[dict]) -> list[tuple[int, float]]:
+    return [(r["iter"], r["val_loss"]) for r in records if r["kind"] == "eval"]
+
+
+def plot(curves: dict[str, list[list[tuple[int, float]]]], path: str) -> bool:
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, runs in curves.items():
+        steps = [s for s, _ in runs[0]]
+        losses = [[loss for _, loss in r] for r in runs]
+        mean = [sum(column) / len(column) for column in zip(*losses)]
+        line, = ax.plot(steps, mean, marker="o", ms=3, label=label)
+        ax.fill_between(steps, [min(c) for c in zip(*losses)], [max(c) for c in zip(*losses)],
+                        color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="step", ylabel="validation loss, mean and min-max over seeds", title="Pretraining with adapters")
+    ax.set_ylim(top=min(3.0, ax.get_ylim()[1]))
+    save_figure(fig, path)
+    return True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
+    parser.add_argument("--methods", default=",".join(train.METHODS), help="comma-separated methods to compare")
+    parser.add_argument("--lrs", default="3e-3,1e-2,3e-2", help="comma-separated learning-rate grid, tuned per method")
+    parser.add_argument("--tune_seed", type=train.integer, default=0, help="seed the rates are picked on; not reported")
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds to report")
+    parser.add_argument("--tune_only", action="store_true", help="stop after tuning (the sweep continues later)")
+    parser.add_argument("--tag", default="default", help="name of this sweep, its folder under out/compare/")
+    args, train_flags = parser.parse_known_args(argv)
+    methods = args.methods.split(",")
+    lrs = [float(lr) for lr in args.lrs.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    unknown = [m for m in methods if m not in train.METHODS]
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; choose from {list(train.METHODS)}")
+    if args.tune_seed in seeds:
+        parser.error(f"--seeds {args.seeds} contains --tune_seed {args.tune_seed}, which is not reported")
+    train.parse_args(train_flags)  # reject bad train.py flags before the first run
+    root = os.path.join("out", "compare", args.tag)
+
+    rows, tuning = {}, []
+    for method in methods:
+        tuned = [final_loss(run(root, method, lr, args.tune_seed, train_flags)) for lr in lrs]
+        lr, warning = pick_rate(lrs, [-loss for loss in tuned])
+        tuning.append(f"tuning seed {args.tune_seed}, {method}: final val loss "
+                      + ", ".join(f"{loss:.4f} at {g:g}" for loss, g in zip(tuned, lrs)) + f"; picked {lr:g}"
+                      + (f". WARNING: {warning}" if warning else ""))
+        print(tuning[-1])
+        rows[method] = {"lr": lr}
+    if args.tune_only:
+        return {"tuning": tuning}
+
+    curves = {}
+    for method in methods:
+        runs = [run(root, method, rows[method]["lr"], seed, train_flags) for seed in seeds]
+        summary = next(r for r in runs[0] if r["kind"] == "summary")
+        rows[method].update(trainable_params=summary["trainable_params"], losses=[final_loss(r) for r in runs])
+        curves[f"{method} (lr {rows[method]['lr']:g})"] = [evals(r) for r in runs]
+
+    lines = [f"Final validation loss over seeds {seeds} (rates picked on seed {args.tune_seed}):", "",
+             "| method | trainable params | lr | final val loss, mean ± std | min-max | ppl of the mean |",
+             "|---|---|---|---|---|---|"]
+    for method, row in rows.items():
+        s = spread(row["losses"])
+        lines.append(f"| {method} | {row['trainable_params']:,} | {row['lr']:g} | {s['mean']:.4f} ± {s['std']:.4f} | "
+                     f"{s['min']:.4f}-{s['max']:.4f} | {math.exp(s['mean']):.2f} |")
+    gaps = [(a, b) for a, b in GAPS if a in rows and b in rows]
+    if gaps:
+        lines += ["", "| gap, paired by seed | mean | 95% interval | min-max | per seed |", "|---|---|---|---|---|"]
+        for a, b in gaps:
+            d = paired_difference(rows[a]["losses"], rows[b]["losses"])
+            lines.append(f"| {a} - {b} | {d['mean']:.4f} | {d['ci95'][0]:.4f} to {d['ci95'][1]:.4f} | "
+                         f"{d['min']:.4f} to {d['max']:.4f} | {', '.join(f'{x:.4f}' for x in d['diffs'])} |")
+    lines += [""] + tuning
+    print("\n" + "\n".join(lines))
+    results = {"train_flags": train_flags, "lrs": lrs, "tune_seed": args.tune_seed, "seeds": seeds, "rows": rows,
+               "tables": lines, "curves": curves}
+    tmp = os.path.join(root, "results.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, os.path.join(root, "results.json"))
+    figure = os.path.join(root, "pretraining.png")
+    print(f"\nresults: {root}/results.json" + (f", figure: {figure}" if plot(curves, figure) else ""))
+    return results
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 Tokenizer, corpus and batches for train.py. Nothing downloads by default:
 
   tokenizer  "bytes": a tiktoken Encoding built in code (256 byte tokens + <|endoftext|>). Any tiktoken encoding name
-             ("gpt2", "cl100k_base") is opt-in; tiktoken downloads its vocabulary once and caches it.
+             ("gpt2", "cl100k_base") is opt-in; tiktoken downloads its vocabulary once and caches it. Fine-tuning
+             GPT-2 weights uses "gpt2".
   corpus     the Python documentation topics that ship inside every CPython (pydoc_data.topics, ~465 KB of English),
              or --data PATH: any UTF-8 text file.
 
@@ -27,11 +28,19 @@ class DataError(ValueError):
     """Bad data or tokenizer input, reported to the user as one line."""
 
 
+def byte_encoding() -> tiktoken.Encoding:
+    """256 byte tokens and <|endoftext|>: no merges, no vocabulary file."""
+    return tiktoken.Encoding(name="bytes", pat_str=r"(?s).{1,256}", mergeable_ranks={bytes([i]): i for i in range(256)},
+                             special_tokens={"<|endoftext|>": 256})
+
+
+ENCODINGS = {"bytes": byte_encoding}  # encodings built in code; register your own here (the tests add a tiny BPE)
+
+
 def get_tokenizer(name: str = "bytes") -> tiktoken.Encoding:
-    if name == "bytes":
-        return tiktoken.Encoding(name="bytes", pat_str=r"(?s).{1,256}",
-                                 mergeable_ranks={bytes([i]): i for i in range(256)},
-                                 special_tokens={"<|endoftext|>": 256})
+    """An encoding of ENCODINGS, or a tiktoken encoding name ("gpt2", "cl100k_base": downloads once)."""
+    if name in ENCODINGS:
+        return ENCODINGS[name]()
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # unknown name, or the vocabulary cannot be downloaded
@@ -79,15 +88,16 @@ def prepare(path: str, tokenizer: str, val_fraction: float) -> dict[str, Path]:
 
 
 class Batches:
-    """Random windows of block_size + 1 tokens from a token file: inputs x and next-token targets y, (B, T) each."""
+    """Random windows of block_size + 1 tokens from a token file: inputs x and next-token targets y, (B, T) each.
+    source is the corpus the file was made from (--data), named in error messages."""
 
-    def __init__(self, file: Path, block_size: int, batch_size: int, device: torch.device, seed: int):
+    def __init__(self, file: Path, block_size: int, batch_size: int, device: torch.device, seed: int, source: str):
         self.file, self.block_size, self.batch_size, self.device = file, block_size, batch_size, device
         self.dtype = np.dtype(file.suffix[1:])
         n_tokens = file.stat().st_size // self.dtype.itemsize
         if n_tokens < block_size + 2:
-            raise DataError(f"the {file.name.rsplit('.', 2)[1]} split has {n_tokens} tokens, fewer than one block of "
-                            f"{block_size} + 1; use a smaller --block_size or a larger corpus")
+            raise DataError(f"--data {source}: the {file.name.rsplit('.', 2)[1]} split has {n_tokens} tokens, fewer "
+                            f"than one block of {block_size} + 1; use a smaller --block_size or a larger corpus")
         self.n_tokens = n_tokens
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -6,7 +6,8 @@ Every projection is its own nn.Linear with a name that says what it does, so tha
     h.{i}.attn.query / .key / .value / .output       attention projections
     h.{i}.mlp.up / .down                              MLP projections
 
-No data, I/O or training code lives here; see train.py.
+GPT.from_pretrained("gpt2") loads OpenAI's GPT-2 weights through HuggingFace transformers (optional; imported only
+there). No data, I/O or training code lives here; see train.py.
 """
 
 import math
@@ -66,7 +67,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
 
 
 class Block(nn.Module):
@@ -80,6 +81,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
+
+
+# HuggingFace's GPT-2 family: all have a 50,257-token vocabulary and 1,024 positions.
+PRETRAINED = {"gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
+              "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+              "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+              "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600)}  # 1558M
 
 
 class GPT(nn.Module):
@@ -125,6 +133,55 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Shrink the context to block_size positions (drop the rest of the position table); it cannot grow."""
+        if not 0 < block_size <= self.config.block_size:
+            raise ValueError(f"block_size {block_size} must be between 1 and the model's {self.config.block_size}: "
+                             f"a learned position table can be cropped, not extended")
+        self.config.block_size = block_size
+        self.wpe.weight = nn.Parameter(self.wpe.weight[:block_size].detach().clone())
+        self.wpe.num_embeddings = block_size
+
+    @classmethod
+    def from_pretrained(cls, name: str, dropout: float = 0.0) -> "GPT":
+        """GPT-2 weights from HuggingFace: a name in PRETRAINED (transformers downloads it once and caches it) or a
+        folder written by save_pretrained(). HuggingFace stores each projection as a Conv1D, weight (in, out), with
+        query, key and value fused in c_attn (in, 3 in): they are transposed and split into this model's layers."""
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError:
+            raise ImportError("GPT.from_pretrained needs transformers: pip install transformers") from None
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(name)
+        except OSError as e:  # an unknown name, or offline before the first download
+            reason = (str(e).splitlines() or [""])[0][:160]
+            raise OSError(f"cannot load GPT-2 weights {name!r} ({reason}); the names are {list(PRETRAINED)} (they "
+                          f"download once, so run once online) or a folder written by save_pretrained()") from None
+        c = hf.config
+        if c.activation_function != "gelu_new" or (c.n_inner or 4 * c.n_embd) != 4 * c.n_embd:
+            raise ValueError(f"{name}: this GPT has the tanh GELU and a 4x MLP; the checkpoint has "
+                             f"{c.activation_function} and n_inner={c.n_inner}")
+        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
+                              n_embd=c.n_embd, dropout=dropout, bias=True))
+        hf_weights = hf.state_dict()
+        ours = {"wte.weight": hf_weights["transformer.wte.weight"], "wpe.weight": hf_weights["transformer.wpe.weight"],
+                "ln_f.weight": hf_weights["transformer.ln_f.weight"], "ln_f.bias": hf_weights["transformer.ln_f.bias"]}
+        for i in range(c.n_layer):
+            hf_block = {k.split(f"transformer.h.{i}.", 1)[1]: v for k, v in hf_weights.items()
+                        if k.startswith(f"transformer.h.{i}.")}
+            for ln in ("ln_1", "ln_2"):
+                ours.update({f"h.{i}.{ln}.{p}": hf_block[f"{ln}.{p}"] for p in ("weight", "bias")})
+            qkv_weight = hf_block["attn.c_attn.weight"].t().chunk(3)  # (C, 3C) -> 3 x (C, C), as (out, in)
+            qkv_bias = hf_block["attn.c_attn.bias"].chunk(3)
+            for proj, weight, bias in zip(("query", "key", "value"), qkv_weight, qkv_bias):
+                ours[f"h.{i}.attn.{proj}.weight"], ours[f"h.{i}.attn.{proj}.bias"] = weight, bias
+            for ours_name, hf_name in (("attn.output", "attn.c_proj"), ("mlp.up", "mlp.c_fc"), ("mlp.down", "mlp.c_proj")):
+                ours[f"h.{i}.{ours_name}.weight"] = hf_block[f"{hf_name}.weight"].t()  # Conv1D (in, out) -> (out, in)
+                ours[f"h.{i}.{ours_name}.bias"] = hf_block[f"{hf_name}.bias"]
+        ours["lm_head.weight"] = ours["wte.weight"]  # tied, as in GPT-2
+        model.load_state_dict(ours)
+        return model
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
                              device_type: str) -> torch.optim.AdamW:

@@ -1,40 +1,33 @@
 """
-LoRA and MoRA adapters for any nn.Linear, with exact merge and ReLoRA / ReMoRA restarts.
+LoRA and MoRA adapters for any linear layer (nn.Linear, or the Conv1D of HuggingFace's GPT-2), with exact merge
+and ReLoRA / ReMoRA restarts.
 
   LoRA (Hu et al. 2021)                        MoRA (Jiang et al. 2024, arXiv 2405.12130, §4)
 
-  h = W x + (alpha/r) B A x                    h = W x + f_decomp(M f_comp(x))
+  h = W0 x + (alpha/r) B A x                   h = W0 x + f_decomp(M f_comp(x))
 
-  x --+--------------> W ------+               x --+------------------------------> W ------+
+  x --+--------------> W0 -----+               x --+------------------------------> W0 -----+
       |                        |                   |                                         |
       +--> A --> B --> *a/r -> + --> h             +--> f_comp --> M --> f_decomp ---------> + --> h
           r x in  out x r                               in -> r^   r^xr^   r^ -> out
           kaiming zeros                                 (fixed)    zeros   (fixed)
 
-  trainable: r * (in + out)                    trainable: r^2  with  r^ = floor(sqrt((in + out) * r) + 1/2)
+  trainable: r (in + out)                      trainable: r^2  with  r^ = round(sqrt((in + out) r))
   rank(dW) <= r                                rank(dW) up to min(in, out)   (r^ rounded down to even for "rotate")
 
-Both adapters keep the frozen layer as `.base`, compute their update as a real matrix in `delta_weight()` (the one
-source of truth: forward(x) == F.linear(x, base.weight + delta_weight(), base.bias)), and can fold it into the base
-weight with `merge()`. `restart()` is the ReLoRA step: merge, then start a fresh adapter on top.
+MoRA's f_comp and f_decomp are fixed linear maps; each compression below is a class that defines the two:
+  truncate          keep the first r^ inputs; pad M's output with zeros.
+  share             sum groups of inputs, repeat M's outputs (Eq. 6); feature i -> group i mod r^ (authors' code).
+  share_contiguous  the same with groups of consecutive features, and runs of consecutive outputs.
+  decouple          cut the input into ceil(in / r^) blocks of r^ and apply M to every block.
+  rotate            decouple, with block b rotated RoPE-style before M (Eq. 9).
 
-MoRA's f_comp / f_decomp are fixed linear maps, chosen by `compress`:
-  truncate  keep the first r^ inputs; pad the output with zeros.
-  share     sum groups of inputs, repeat the outputs (Eq. 6). Groups are strided (feature i -> group i mod r^) as in the
-            authors' code, or contiguous (runs of consecutive features).
-  decouple  cut the input into ceil(in/r^) blocks of r^, apply M to every block, concatenate.
-  rotate    decouple, with block b rotated RoPE-style before M (Eq. 9): angles b * 10000^(-2j/r^), dimension j paired
-            with j + r^/2.
-When in is not a multiple of r^ the input is padded by wrapping around (feature s mod in fills slot s), as the authors
-do. Where this file departs from the authors' code (kongds/MoRA, peft-mora/.../lora/layer.py):
-  * in > out, decouple/rotate: the authors keep only the first ceil(out/r^) output blocks, so every input block past
-    them is ignored (LLaMA-2-7B's down_proj at r=8: 6,832 of 11,008 inputs). Here the block outputs are folded onto
-    the output (output j sums block-output positions j, j + out, j + 2 out, ...), so every input feature counts.
-  * ReMoRA: the authors alternate two groupings, so the accumulated rank stops growing after two merges. Here every
-    restart draws a fresh random permutation of the input and output features, so the rank keeps growing.
-  * dW is built with index operations (no Python loop over features) and merge() adds it into W in place, block by
-    block; every shape works (also r^ >= in), and the rotation tables are buffers that follow .to(device / dtype).
-For in <= out, "share" (strided) and "rotate" match the authors' operators number for number.
+Every map here is linear, so the update is a real (out, in) matrix dW: column i is the adapter path applied to the
+unit input e_i. delta_weight() builds it that way, through the same f_comp, M and f_decomp as forward(), and merge()
+adds it into W0. Departures from the authors' code (kongds/MoRA), each tested: decouple / rotate with in > out fold
+the block outputs onto the output instead of ignoring the inputs past ceil(out / r^) blocks; ReMoRA permutes the
+features at random at each restart (the authors alternate two groupings, so the rank stops growing); every shape
+works. For in <= out, share and rotate match the authors' operators number for number.
 """
 
 import math
@@ -45,7 +38,9 @@ import torch.nn.functional as F
 
 
 def r_hat(in_features: int, out_features: int, r: int, even: bool = False) -> int:
-    """Side of MoRA's square matrix with the parameter budget of a rank-r LoRA: round(sqrt((in + out) * r))."""
+    """Side of MoRA's square M with the budget of a rank-r LoRA: r^2 ~ r (in + out). The paper writes
+    r^ = floor(sqrt((in + out) r)); like the authors' code, this rounds to the nearest integer instead
+    (768 x 768 at r=8: sqrt(12288) = 110.9 gives 111, not 110)."""
     for name, value in (("in_features", in_features), ("out_features", out_features), ("r", r)):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -53,122 +48,122 @@ def r_hat(in_features: int, out_features: int, r: int, even: bool = False) -> in
     return size // 2 * 2 if even else size  # rotation pairs dimension j with j + r^/2
 
 
-BLOCK_ELEMENTS = 1 << 20  # dW is built and merged in blocks of rows of about this many weights
+# ----------------------------------------------------------------------------------------------------------------------
+# The adapters
 
-# Up to this many weights (e.g. 512 x 512) a layer applies W + dW in one matmul: there the adapter's own operators
-# cost more time than one weight-sized matmul (bench.py measures both routes). Above it, the operators are cheaper.
-DENSE_MAX_WEIGHTS = 1 << 18
+DENSE_MAX_WEIGHTS = 1 << 18  # up to this many weights (512 x 512), forward() uses one matmul with W0 + dW
+BLOCK_ELEMENTS = 1 << 20  # merge() builds dW a block of columns of about this many weights at a time
 
 
 class AdapterLinear(nn.Module):
-    """What LoRA and MoRA share: a frozen base nn.Linear, dropout on the adapter path, merge / unmerge / restart.
+    """What LoRA and MoRA share: a frozen base layer W0, the update dW, merge / unmerge / restart.
 
-    forward() has two routes to the same numbers: base(x) + adapter_forward(x), the method as the papers write it,
-    or, for small layers (`dense`), F.linear(x, W + dW), which costs less there. dense=None picks by layer size.
-    Subclasses define adapter_forward(x) and reset_adapter(), and give dW as compact factors (delta_factors(),
-    the first carrying dW's dtype) plus add_delta_rows(acc, start, factors, sign): acc += sign * dW[start:...]."""
+    Subclasses define adapter_forward(x) = h - W0 x (for x of any dtype: dW is built in float32 for a bf16 layer)
+    and reset_adapter(). forward() takes one of two routes to the same numbers (tested): base(x) + adapter_forward(x),
+    the method as the papers write it, or F.linear(x, W0 + dW), one matmul, cheaper for small layers (`dense`; None
+    picks by size). Both run the adapter's own operators: dW is adapter_forward() of the identity."""
 
-    def __init__(self, base: nn.Linear, dropout: float, dense: bool | None):
+    def __init__(self, base: nn.Module, dropout: float, dense: bool | None):
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"adapters wrap an nn.Linear, got {type(base).__name__}")
+        if not isinstance(base, nn.Linear) and not is_conv1d(base):
+            raise TypeError(f"adapters wrap an nn.Linear or a transformers Conv1D, got {type(base).__name__}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if dense and dropout > 0:
-            raise ValueError("dense=True applies W + dW in one matmul, so it cannot drop out the adapter path alone; "
+            raise ValueError("dense=True applies W0 + dW in one matmul, so it cannot drop out the adapter path alone; "
                              "use dropout=0 or dense=False")
         self.base = base.requires_grad_(False)
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self.fan_in_fan_out = is_conv1d(base)  # Conv1D stores its weight as (in, out): y = x @ weight + bias
+        self.out_features, self.in_features = self.base_weight.shape
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if dense is None:
-            dense = dropout == 0 and base.in_features * base.out_features <= DENSE_MAX_WEIGHTS
+            dense = dropout == 0 and self.in_features * self.out_features <= DENSE_MAX_WEIGHTS
         self.dense = dense
-        self._merged = False
-
-    @property
-    def merged(self) -> bool:
-        return self._merged
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The weight this layer applies, W + dW, for code that reads `.weight` directly (e.g. torch's fused
-        TransformerEncoderLayer inference path)."""
-        if self._merged:
-            return self.base.weight
-        return self.base.weight + self.delta_weight().to(self.base.weight.dtype)
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
+        self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        if self._merged:
+        if self.merged:
             return self.base(x)
         if self.dense:
             return F.linear(x, self.weight, self.bias)
         return self.base(x) + self.adapter_forward(self.dropout(x))
 
-    def compute_dtype(self, param: torch.Tensor) -> torch.dtype:
-        """dW is built in at least float32, also for bf16 / fp16 adapters (a merge must not round twice)."""
-        return torch.promote_types(param.dtype, torch.float32)
+    def delta_weight(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Columns start:stop of dW (all by default), (out, stop - start), in at least float32: column i is the
+        adapter path applied to the unit input e_i. Differentiable: the dense route trains through it."""
+        stop = self.in_features if stop is None else stop
+        dtype = torch.promote_types(self.base_weight.dtype, torch.float32)  # a bf16 merge must not round twice
+        eye = torch.zeros(stop - start, self.in_features, dtype=dtype, device=self.base_weight.device)
+        eye.diagonal(start).fill_(1)  # rows e_start ... e_(stop-1)
+        return self.adapter_forward(eye).t()
 
-    def delta_weight(self) -> torch.Tensor:
-        """dW (out, in), in at least float32. Built by the same code that merges, so both always agree."""
-        factors = self.delta_factors()
-        delta = factors[0].new_zeros(self.out_features, self.in_features)
-        self.add_delta(delta, factors, 1.0)
-        return delta
+    @property
+    def base_weight(self) -> torch.Tensor:
+        """W0 as (out, in): the base layer's weight, or a transposed view of a Conv1D's."""
+        return self.base.weight.t() if self.fan_in_fan_out else self.base.weight
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """W0 + dW (out, in): the weight this layer applies, also for code that reads `.weight` directly."""
+        return self.base_weight if self.merged else self.base_weight + self.delta_weight().to(self.base_weight.dtype)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if not name.startswith("base.")]
 
     @torch.no_grad()
     def merge(self) -> None:
-        """W <- W + dW. Refuses a non-finite update and leaves W untouched then."""
-        if self._merged:
+        """W0 <- W0 + dW. Refuses a non-finite update and leaves W0 untouched then."""
+        if self.merged:
             return
-        adapter_weights = [p for name, p in self.named_parameters() if not name.startswith("base.")]
-        if not all(torch.isfinite(p).all() for p in adapter_weights):  # finite ones give a finite dW (no overflow)
-            raise ValueError(f"{type(self).__name__}.merge(): the update has inf/nan values; W was left unchanged")
-        self.add_delta(self.base.weight, self.delta_factors(), 1.0)
-        self._merged = True
+        if not all(torch.isfinite(p).all() for p in self.adapter_parameters()):  # finite ones give a finite dW
+            raise ValueError(f"{type(self).__name__}.merge(): the update has inf/nan values; W0 was left unchanged")
+        self.add_delta(1.0)
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """W <- W - dW (exact up to the rounding of W's dtype)."""
-        if not self._merged:
-            return
-        self.add_delta(self.base.weight, self.delta_factors(), -1.0)
-        self._merged = False
+        """W0 <- W0 - dW (exact up to the rounding of W0's dtype)."""
+        if self.merged:
+            self.add_delta(-1.0)
+            self.merged = False
 
-    def add_delta(self, weight: torch.Tensor, factors: tuple[torch.Tensor, ...], sign: float) -> None:
-        """weight += sign * dW, a block of rows at a time, each accumulated in dW's precision and rounded once to
-        weight's dtype. No weight-sized temporary: on CPU, fresh memory (the OS zero-fills every new page) costs
-        several times the add itself."""
-        step = max(1, BLOCK_ELEMENTS // self.in_features)
-        for start in range(0, self.out_features, step):
-            rows = weight[start:start + step]
-            acc = rows.to(factors[0].dtype)  # `rows` itself when W already has dW's dtype
-            self.add_delta_rows(acc, start, factors, sign)
-            if acc is not rows:
-                rows.copy_(acc)
+    def add_delta(self, sign: float) -> None:
+        """W0 += sign * dW in place, a block of columns at a time, each rounded once to W0's dtype."""
+        weight = self.base_weight
+        step = max(1, BLOCK_ELEMENTS // max(self.in_features, self.out_features))
+        with torch.autocast(weight.device.type, enabled=False):  # dW in float32 also inside an autocast region
+            for start in range(0, self.in_features, step):
+                columns = weight[:, start:start + step]
+                columns.copy_(columns + sign * self.delta_weight(start, start + columns.shape[1]))
 
     @torch.no_grad()
     def restart(self) -> None:
-        """ReLoRA / ReMoRA: fold this cycle's update into W for good, then start a fresh adapter (output unchanged)."""
+        """ReLoRA / ReMoRA: fold this cycle's update into W0 for good, then start a fresh adapter (output unchanged)."""
         self.merge()
-        self._merged = False
+        self.merged = False
         self.reset_adapter()
 
-    # The merged flag travels with state_dict(), so a merged W loaded into a fresh module is not updated twice.
+    # The merged flag travels with state_dict(), so a merged W0 loaded into a fresh module is not updated twice.
     def get_extra_state(self) -> dict:
-        return {"merged": self._merged}
+        return {"merged": self.merged}
 
     def set_extra_state(self, state: dict) -> None:
-        self._merged = bool(state["merged"])
+        self.merged = bool(state["merged"])
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """HuggingFace's GPT-2 layer (transformers.pytorch_utils.Conv1D), recognized without importing transformers."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 class LoRALinear(AdapterLinear):
-    """h = W x + (alpha / r) B A x, with A kaiming-uniform and B zero, so training starts from the base model."""
+    """h = W0 x + (alpha / r) B A x, with A kaiming-uniform and B zero, so training starts from the base model."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0,
+    def __init__(self, base: nn.Module, r: int, alpha: float | None = None, dropout: float = 0.0,
                  dense: bool | None = None):
         super().__init__(base, dropout, dense)
         if not isinstance(r, int) or r <= 0:
@@ -176,7 +171,7 @@ class LoRALinear(AdapterLinear):
         self.r = r
         self.alpha = 2.0 * r if alpha is None else float(alpha)  # the paper's r=8, alpha=16
         self.scaling = self.alpha / r
-        factory = dict(dtype=base.weight.dtype, device=base.weight.device)
+        factory = dict(dtype=self.base_weight.dtype, device=self.base_weight.device)
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **factory))
         self.reset_adapter()
@@ -185,156 +180,168 @@ class LoRALinear(AdapterLinear):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initializes its weight
         nn.init.zeros_(self.lora_B)
 
-    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling  # (..., in) -> (..., r) -> (..., out)
-
-    def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = self.compute_dtype(self.lora_A)
-        return self.lora_B.to(dtype) * self.scaling, self.lora_A.to(dtype)  # (out, r), (r, in)
-
-    def add_delta_rows(self, acc: torch.Tensor, start: int, factors, sign: float) -> torch.Tensor:
-        scaled_B, A = factors
-        return acc.addmm_(scaled_B[start:start + len(acc)], A, alpha=sign)  # dW = (alpha/r) B A
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., r) -> (..., out)
+        return F.linear(F.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype)) * self.scaling
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha:g}"
 
 
-COMPRESSIONS = ("truncate", "share", "decouple", "rotate")
-GROUPINGS = ("strided", "contiguous")
+class Compression(nn.Module):
+    """MoRA's fixed linear maps around M. M acts on the last dimension of every block in between:
+
+        f_comp    (..., in)              -> (..., n_blocks, r^)
+        f_decomp  (..., n_blocks, r^)    -> (..., out)
+
+    A new compression subclasses this and defines the two maps (and n_blocks, if not 1); MoRALinear builds dW,
+    merges and restarts from them alone. Set even_r_hat if r^ must be even."""
+
+    even_r_hat = False
+
+    def __init__(self, in_features: int, out_features: int, r_hat: int):
+        super().__init__()
+        self.in_features, self.out_features, self.r_hat = in_features, out_features, r_hat
+        self.n_blocks = 1
+
+    def f_comp(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def f_decomp(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def cycle(x: torch.Tensor, length: int) -> torch.Tensor:
+    """(..., n) -> (..., length): position j reads x_(j mod n). Pads by wrapping around (as the authors pad the
+    input), repeats, or truncates."""
+    repeats, rest = divmod(length, x.shape[-1])
+    return torch.cat([x] * repeats + [x[..., :rest]], dim=-1) if repeats else x[..., :rest]
+
+
+def fold(y: torch.Tensor, length: int) -> torch.Tensor:
+    """(..., n) -> (..., length): output j sums y_j, y_(j + length), y_(j + 2 length), ... (zero-padded)."""
+    folds = -(-y.shape[-1] // length)
+    return F.pad(y, (0, folds * length - y.shape[-1])).unflatten(-1, (folds, length)).sum(-2)
+
+
+class Truncate(Compression):
+    """Truncation (§4): f_comp keeps the first r^ input features, f_decomp pads M's r^ outputs with zeros."""
+
+    def f_comp(self, x):
+        return cycle(x, self.r_hat).unsqueeze(-2)  # (..., 1, r^)
+
+    def f_decomp(self, y):
+        return fold(y.squeeze(-2), self.out_features)  # (..., out); folded when r^ > out
+
+
+class Share(Compression):
+    """Sharing (Eq. 6): f_comp sums the features of each group (feature i joins group i mod r^), f_decomp repeats
+    M's outputs (output j reads group j mod r^)."""
+
+    def f_comp(self, x):
+        per_group = math.ceil(self.in_features / self.r_hat)  # the input, wrapped around, is per_group blocks of r^
+        return cycle(x, per_group * self.r_hat).unflatten(-1, (per_group, self.r_hat)).sum(-2, keepdim=True)
+
+    def f_decomp(self, y):
+        return cycle(y.squeeze(-2), self.out_features)  # (..., out)
+
+
+class ShareContiguous(Compression):
+    """Sharing with contiguous groups: group g sums features g n ... g n + n - 1 (n = ceil(in / r^)), and output j
+    reads group floor(j r^ / out), so each group feeds a run of consecutive outputs."""
+
+    def f_comp(self, x):
+        per_group = math.ceil(self.in_features / self.r_hat)
+        return cycle(x, per_group * self.r_hat).unflatten(-1, (self.r_hat, per_group)).sum(-1).unsqueeze(-2)
+
+    def f_decomp(self, y):
+        groups = torch.arange(self.out_features, device=y.device) * self.r_hat // self.out_features
+        return y.squeeze(-2).index_select(-1, groups)  # (..., out)
+
+
+class Decouple(Compression):
+    """Decoupling: f_comp cuts the input (wrapped around to a multiple of r^) into n = ceil(in / r^) blocks, so M
+    acts on each; f_decomp concatenates the n r^ block outputs and repeats or truncates them to out (the authors),
+    or, when in > out, folds them onto out so that no input block is dropped."""
+
+    def __init__(self, in_features, out_features, r_hat):
+        super().__init__(in_features, out_features, r_hat)
+        self.n_blocks = math.ceil(in_features / r_hat)
+
+    def f_comp(self, x):
+        return cycle(x, self.n_blocks * self.r_hat).unflatten(-1, (self.n_blocks, self.r_hat))  # (..., n, r^)
+
+    def f_decomp(self, y):
+        y = y.flatten(-2)  # (..., n r^)
+        return fold(y, self.out_features) if self.in_features > self.out_features else cycle(y, self.out_features)
+
+
+class Rotate(Decouple):
+    """Rotation (Eq. 9): decoupling with block b rotated like RoPE before M, so block b sees M R_b: dimensions j and
+    j + r^/2 turn by the angle b * 10000^(-2j / r^)."""
+
+    even_r_hat = True
+
+    def __init__(self, in_features, out_features, r_hat):
+        super().__init__(in_features, out_features, r_hat)
+        inv_freq = 10000.0 ** (-torch.arange(0, r_hat, 2, dtype=torch.float64) / r_hat)  # (r^/2,)
+        angles = torch.outer(torch.arange(self.n_blocks, dtype=torch.float64), inv_freq).repeat(1, 2)  # (n, r^)
+        self.register_buffer("cos", angles.cos(), persistent=False)  # cast with the layer
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def f_comp(self, x):
+        blocks = super().f_comp(x)  # (..., n, r^)
+        half = self.r_hat // 2
+        turned = torch.cat((-blocks[..., half:], blocks[..., :half]), dim=-1)  # pair (j, j + r^/2) -> (-x2, x1)
+        return blocks * self.cos.to(x.dtype) + turned * self.sin.to(x.dtype)  # R_b x_b
+
+
+COMPRESSIONS = {"truncate": Truncate, "share": Share, "share_contiguous": ShareContiguous, "decouple": Decouple,
+                "rotate": Rotate}
 
 
 class MoRALinear(AdapterLinear):
-    """h = W x + f_decomp(M f_comp(x)) with one trainable square matrix M (r^ x r^, zeros), no alpha scaling.
+    """h = W0 x + f_decomp(M f_comp(x)) (§4) with one trainable square M (r^ x r^, zeros), no alpha scaling.
 
-    The compression is stored as two index buffers, which is all ReMoRA needs to change:
-      in_index  (n_blocks * r^,)  slot s of the padded input reads feature in_index[s]; the slots are read as
-                                  n_blocks blocks of r^ (truncate: 1 block; share: the blocks are summed).
-      out_index (out,)            output j reads position out_index[j] of M's output, or, where block outputs are
-                                  folded (truncate, and decouple/rotate with in > out), of the folded output.
-    """
+    compress: a name in COMPRESSIONS, or any Compression subclass. ReMoRA's restart() permutes the input and output
+    features at random before f_comp and after f_decomp (in_perm, out_perm; the identity at first), so each cycle's
+    update lands on new rows and columns and the rank of the accumulated update keeps growing."""
 
-    def __init__(self, base: nn.Linear, r: int, compress: str = "rotate", dropout: float = 0.0,
-                 groups: str = "strided", dense: bool | None = None):
+    def __init__(self, base: nn.Module, r: int, compress: str | type = "rotate", dropout: float = 0.0,
+                 dense: bool | None = None):
         super().__init__(base, dropout, dense)
-        if compress not in COMPRESSIONS:
-            raise ValueError(f"compress must be one of {COMPRESSIONS}, got {compress!r}")
-        if groups not in GROUPINGS:
-            raise ValueError(f"groups must be one of {GROUPINGS}, got {groups!r}")
-        if groups == "contiguous" and compress != "share":
-            raise ValueError(f"groups='contiguous' applies to compress='share' only, got compress={compress!r}")
-        self.r, self.compress, self.groups = r, compress, groups
-        self.r_hat = r_hat(self.in_features, self.out_features, r, even=compress == "rotate")
-        if self.r_hat < (2 if compress == "rotate" else 1):
+        kind = COMPRESSIONS.get(compress) if isinstance(compress, str) else compress
+        if not (isinstance(kind, type) and issubclass(kind, Compression)):
+            raise ValueError(f"compress must be one of {list(COMPRESSIONS)} or a Compression subclass, "
+                             f"got {compress!r}")
+        self.r = r
+        self.r_hat = r_hat(self.in_features, self.out_features, r, even=kind.even_r_hat)
+        if self.r_hat < (2 if kind.even_r_hat else 1):
             raise ValueError(f"r={r} gives r_hat={self.r_hat} for a {self.in_features}->{self.out_features} layer; "
                              f"raise r")
-        self.n_blocks = 1 if compress == "truncate" else math.ceil(self.in_features / self.r_hat)
-        n_outputs = self.r_hat if compress == "share" else self.n_blocks * self.r_hat  # length of M's output
-        self.fold = compress == "truncate" or (compress != "share" and self.in_features > self.out_features)
-        self.n_folds = math.ceil(n_outputs / self.out_features) if self.fold else 1
-        device = base.weight.device
-        self.M = nn.Parameter(torch.zeros(self.r_hat, self.r_hat, dtype=base.weight.dtype, device=device))
-        self.register_buffer("in_index", self.default_in_index().to(device))
-        self.register_buffer("out_index", self.default_out_index().to(device))
-        if compress == "rotate":
-            cos, sin = rotation_tables(self.n_blocks, self.r_hat)
-            self.register_buffer("cos", cos.to(base.weight.dtype).to(device), persistent=False)  # (n_blocks, r^)
-            self.register_buffer("sin", sin.to(base.weight.dtype).to(device), persistent=False)
+        factory = dict(dtype=self.base_weight.dtype, device=self.base_weight.device)
+        self.compression = kind(self.in_features, self.out_features, self.r_hat).to(**factory)
+        self.M = nn.Parameter(torch.zeros(self.r_hat, self.r_hat, **factory))
+        self.register_buffer("in_perm", torch.arange(self.in_features, device=factory["device"]))
+        self.register_buffer("out_perm", torch.arange(self.out_features, device=factory["device"]))
 
-    def default_in_index(self) -> torch.Tensor:
-        slots = torch.arange(self.n_blocks * self.r_hat)
-        if self.groups == "contiguous":  # group g (column g of the blocks) = features g*n_blocks ... g*n_blocks+n-1
-            slots = slots.view(self.r_hat, self.n_blocks).t().reshape(-1)
-        return slots % self.in_features  # wrap-around padding
-
-    def default_out_index(self) -> torch.Tensor:
-        j = torch.arange(self.out_features)
-        if self.fold:
-            return j
-        if self.groups == "contiguous":  # repeat-interleave: runs of about out/r^ outputs per group
-            return j * self.r_hat // self.out_features
-        return j % (self.r_hat if self.compress == "share" else self.n_blocks * self.r_hat)  # repeat / tile
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        z = self.compression.f_comp(x.index_select(-1, self.in_perm))  # (..., n_blocks, r^)
+        y = z @ self.M.to(z.dtype).t()  # (..., n_blocks, r^): M applied to every block
+        return self.compression.f_decomp(y).index_select(-1, self.out_perm)  # (..., out)
 
     def reset_adapter(self) -> None:
-        """M <- 0 and, for ReMoRA, new compression / decompression patterns: random feature permutations (from
-        torch's global RNG) composed with the default pattern. Each cycle's dW lives on new rows and columns, so the
-        rank of the accumulated update keeps growing."""
+        """M <- 0 and, for ReMoRA, new random permutations of the input and output features (torch's global RNG)."""
         nn.init.zeros_(self.M)
-        in_perm = torch.randperm(self.in_features)
-        out_perm = torch.randperm(self.out_features)
-        self.in_index.copy_(in_perm[self.default_in_index()])
-        self.out_index.copy_(self.default_out_index()[out_perm])
-
-    def block_kernels(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The matrix applied to each input block, (n_blocks, r^, r^): M, or M R_b for rotate (Eq. 9).
-
-        Rotating block b before M is the same as multiplying by M R_b, so the rotation is applied to the r^ x r^
-        weights once instead of to every token: (M R_b)[:, k] = M[:, k] cos_bk + M'[:, k] sin_bk with
-        M' = [M[:, r^/2:], -M[:, :r^/2]] (columns j and j + r^/2 form a rotation pair)."""
-        M = self.M if dtype is None else self.M.to(dtype)
-        if self.compress != "rotate":
-            return M.expand(self.n_blocks, -1, -1)
-        half = self.r_hat // 2
-        M_rot = torch.cat((M[:, half:], -M[:, :half]), dim=1)
-        cos, sin = self.cos.to(M.dtype)[:, None, :], self.sin.to(M.dtype)[:, None, :]
-        return M * cos + M_rot * sin  # (n_blocks, r^, r^)
-
-    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        blocks = x.index_select(-1, self.in_index).unflatten(-1, (self.n_blocks, self.r_hat))  # (..., n_blocks, r^)
-        if self.compress == "share":
-            z = blocks.sum(-2) @ self.M.t()  # (..., r^)                           Eq. 6
-        elif self.compress == "rotate":
-            z = torch.einsum("...bk,bok->...bo", blocks, self.block_kernels()).flatten(-2)  # (..., n_blocks*r^)  Eq. 9
-        else:
-            z = (blocks @ self.M.t()).flatten(-2)  # (..., n_blocks*r^)
-        if self.fold:
-            z = F.pad(z, (0, self.n_folds * self.out_features - z.shape[-1]))  # zero outputs past M's output
-            z = z.unflatten(-1, (self.n_folds, self.out_features)).sum(-2)  # (..., out)
-        return z.index_select(-1, self.out_index)  # (..., out)
-
-    def delta_factors(self) -> tuple[torch.Tensor, ...]:
-        """dW in compact form, by index operations (no loop over features):
-          share: (per_group,), (r^, in): dW[j] = per_group[out_index[j]];
-          else:  (values, columns), (out, n_folds*r^) each: dW[j, columns[j, k]] += values[j, k]."""
-        dtype = self.compute_dtype(self.M)
-        if self.compress == "share":
-            # per_group[g, i] = sum over the slots s that read feature i of M[g, s mod r^]
-            tiled = self.M.to(dtype).repeat(1, self.n_blocks)  # (r^, n_blocks*r^): column s is M[:, s mod r^]
-            return tiled.new_zeros(self.r_hat, self.in_features).index_add_(1, self.in_index, tiled),
-        # Block-diagonal: position p = b*r^ + o of M's output is row o of kernel b, over the slots of block b.
-        # Output j gathers the positions out_index[j] + k*out (k < n_folds); those past M's output read zeros.
-        n_positions = self.n_blocks * self.r_hat
-        folds = torch.arange(self.n_folds, device=self.out_index.device)
-        positions = self.out_index[:, None] + self.out_features * folds  # (out, n_folds)
-        kernels = self.block_kernels(dtype).reshape(n_positions, self.r_hat)
-        kernels = F.pad(kernels, (0, 0, 0, max(0, self.n_folds * self.out_features - n_positions)))
-        blocks = (positions // self.r_hat).clamp(max=self.n_blocks - 1)
-        values = kernels[positions].flatten(1)  # (out, n_folds*r^)
-        columns = self.in_index.view(self.n_blocks, self.r_hat)[blocks].flatten(1)  # (out, n_folds*r^)
-        return values, columns
-
-    def add_delta_rows(self, acc: torch.Tensor, start: int, factors, sign: float) -> torch.Tensor:
-        rows = slice(start, start + len(acc))
-        if self.compress == "share":
-            return acc.add_(factors[0][self.out_index[rows]], alpha=sign)
-        values, columns = factors
-        return acc.scatter_add_(1, columns[rows], values[rows] if sign > 0 else -values[rows])
+        self.in_perm.copy_(torch.randperm(self.in_features))
+        self.out_perm.copy_(torch.randperm(self.out_features))
 
     def extra_repr(self) -> str:
-        groups = f", groups={self.groups}" if self.compress == "share" else ""
         return (f"in={self.in_features}, out={self.out_features}, r={self.r}, r_hat={self.r_hat}, "
-                f"compress={self.compress}{groups}")
-
-
-def rotation_tables(n_blocks: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos / sin of the angles b * 10000^(-2j/size) for block b, dimensions j and j + size/2 sharing angle j."""
-    inv_freq = 10000.0 ** (-torch.arange(0, size, 2, dtype=torch.float64) / size)  # (size/2,)
-    angles = torch.outer(torch.arange(n_blocks, dtype=torch.float64), inv_freq).repeat(1, 2)  # (n_blocks, size)
-    return angles.cos(), angles.sin()
+                f"compress={type(self.compression).__name__}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Model-level helpers: they work on any nn.Module.
+# Model-level helpers: they work on any nn.Module, e.g. model.py's GPT or a HuggingFace GPT-2 / LLaMA.
 
 ADAPTERS = {"lora": LoRALinear, "mora": MoRALinear}
 
@@ -344,14 +351,15 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterLinear]:
 
 
 def add_adapters(model: nn.Module, method: str, r: int, targets, **kwargs) -> nn.Module:
-    """Wrap every nn.Linear whose dotted name is, or ends with, one of `targets` ("c_attn", "mlp.c_fc", ...) in a
-    LoRALinear / MoRALinear, and freeze every other parameter. kwargs go to the adapter (alpha, compress, dropout)."""
+    """Wrap every linear layer (nn.Linear or Conv1D) whose dotted name is, or ends with, one of `targets` ("query",
+    "mlp.up", "q_proj", ...) in a LoRALinear / MoRALinear, and freeze every other parameter. kwargs go to the
+    adapter (alpha, compress, dropout, dense)."""
     if method not in ADAPTERS:
         raise ValueError(f"method must be one of {sorted(ADAPTERS)}, got {method!r}")
     if adapter_layers(model):
         raise ValueError("this model already has adapters; build a fresh model to add new ones")
     targets = [targets] if isinstance(targets, str) else list(targets)
-    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name}
+    linears = {name: m for name, m in model.named_modules() if name and (isinstance(m, nn.Linear) or is_conv1d(m))}
 
     def matches(name: str, target: str) -> bool:
         return name == target or name.endswith("." + target)
@@ -359,7 +367,8 @@ def add_adapters(model: nn.Module, method: str, r: int, targets, **kwargs) -> nn
     unmatched = [t for t in targets if not any(matches(name, t) for name in linears)]
     if unmatched:
         known = sorted({name.rsplit(".", 1)[-1] for name in linears})
-        raise ValueError(f"target(s) {unmatched} match no nn.Linear in the model; its linear layers are named {known}")
+        raise ValueError(f"target(s) {unmatched} match no linear layer in the model; its linear layers are named "
+                         f"{known}")
     for p in model.parameters():
         p.requires_grad_(False)
     for name, linear in linears.items():
@@ -375,8 +384,18 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     return model
 
 
+def remove_adapters(model: nn.Module) -> nn.Module:
+    """Merge every adapter and put its base layer back: the state dict then has the model's original keys and
+    loads into the original model class (for a HuggingFace model, what save_pretrained expects)."""
+    for name, layer in adapter_layers(model).items():
+        layer.merge()
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer.base)
+    return model
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors only (LoRA's A and B; MoRA's M and its index buffers), keyed as in model.state_dict()."""
+    """The adapter tensors only (LoRA's A and B; MoRA's M and its permutations), keyed as in model.state_dict()."""
     return {f"{name}.{key}": tensor
             for name, layer in adapter_layers(model).items()
             for key, tensor in layer.state_dict().items()
@@ -405,7 +424,23 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-if __name__ == "__main__":  # python mora.py: the table of r^ and trainable parameters in the README
+def worked_example() -> str:
+    """dW of an 8 x 8 layer with r^ = 4 (r=1) for every compression, M the circulant [[1, 2, 3, 4], [4, 1, 2, 3], ...]
+    (rank 4): where M's copies land, and the rank each compression reaches. Two matrices side by side."""
+    blocks = []
+    for name in COMPRESSIONS:
+        layer = MoRALinear(nn.Linear(8, 8, bias=False), r=1, compress=name, dense=False)
+        with torch.no_grad():
+            layer.M.copy_(torch.stack([torch.arange(1.0, 5.0).roll(i) for i in range(4)]))
+        delta = layer.delta_weight()
+        title = f"{name}: rank {torch.linalg.matrix_rank(delta.double()).item()}"
+        blocks.append([f"{title:<40}"] + ["".join(f"{v:5.1f}" for v in row) for row in delta.tolist()])
+    pairs = [blocks[i:i + 2] for i in range(0, len(blocks), 2)]
+    return "\n\n".join("\n".join("   ".join(lines).rstrip() for lines in zip(*pair)) for pair in pairs)
+
+
+if __name__ == "__main__":  # python mora.py: the worked example and the table of budgets in the README
+    print(worked_example() + "\n")
     print("| in x out | r | LoRA: params, max rank | MoRA share: r^, params, max rank "
           "| MoRA rotate: r^, params, max rank |")
     print("|---|---|---|---|---|")

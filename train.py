@@ -8,7 +8,9 @@ Train a GPT with full training, LoRA, MoRA, ReLoRA or ReMoRA: one loop for all f
     python train.py --method full --data input.txt         # any UTF-8 text file
     python train.py --method mora --init_from out/full/ckpt.pt --data facts.txt   # fine-tune a pretrained model
 
-One CUDA GPU, a GPT-2-small-sized model at the paper's rank ratio (r=128 on d=768):
+One CUDA GPU: fine-tune OpenAI's GPT-2 (downloaded once by transformers; tokenizer gpt2, downloaded once by
+tiktoken), or pretrain a GPT-2-small-sized model at the paper's rank ratio (r=128 on d=768):
+    python train.py --method mora --init_from gpt2 --data input.txt --batch_size 8 --lr 1e-3 --max_iters 2000
     python train.py --method remora --n_layer 12 --n_head 12 --n_embd 768 --block_size 512 --batch_size 32 \\
         --rank 128 --lr 2e-3 --warmup 500 --max_iters 10000 --merge_every 2000 --eval_interval 500 --compile
 Several GPUs (nccl), or several CPU processes (gloo):
@@ -16,8 +18,8 @@ Several GPUs (nccl), or several CPU processes (gloo):
 
 Adapter methods pretrain the way the paper does (§5.3): every linear layer of the blocks gets an adapter, its base
 weight stays frozen at its random initialization, and the embeddings, LayerNorms and head train in full.
-From a pretrained checkpoint (--init_from PATH) only the adapters train. Each eval writes out_dir/ckpt.pt atomically;
-every figure that is printed also goes to out_dir/metrics.jsonl.
+From pretrained weights (--init_from gpt2 or PATH) only the adapters train. Each eval writes out_dir/ckpt.pt
+atomically; every figure that is printed also goes to out_dir/metrics.jsonl.
 """
 
 import argparse
@@ -35,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import mora
-from model import GPT, GPTConfig
+from model import GPT, PRETRAINED, GPTConfig
 
 METHODS = ("full", "lora", "mora", "relora", "remora")
 RESTART_METHODS = ("relora", "remora")
@@ -68,7 +70,8 @@ def flag(default, help: str, **argparse_kwargs):
 @dataclass
 class DataConfig:
     data: str = flag("pydoc", "UTF-8 text file to train on; 'pydoc' is the Python documentation bundled with CPython")
-    tokenizer: str = flag("bytes", "'bytes' (offline) or a tiktoken encoding such as gpt2 (downloads once)")
+    tokenizer: str = flag("auto", "auto: bytes from scratch, the pretrained model's otherwise; 'bytes' (offline) or a "
+                               "tiktoken encoding such as gpt2 (downloads once)")
     val_fraction: float = flag(0.1, "the last fraction of the corpus, held out for validation")
 
 
@@ -78,7 +81,7 @@ class AdapterConfig:
     rank: int = flag(8, "LoRA rank r; MoRA gets the same budget: a square M of side round(sqrt((in+out)*r))",
                      type=positive(integer))
     compress: str = flag("auto", "MoRA compression; auto: rotate below rank 128, share from 128 (as the paper)",
-                         choices=("auto",) + mora.COMPRESSIONS)
+                         choices=("auto", *mora.COMPRESSIONS))
     targets: str = flag("query,key,value,output,up,down", "comma-separated names of the linear layers to adapt")
     alpha: float = flag(None, "LoRA alpha (scaling alpha/r); default 2*rank", type=positive(float))
     merge_every: int = flag(150, "ReLoRA/ReMoRA: merge and restart the adapters every this many steps",
@@ -101,7 +104,8 @@ class TrainConfig:
     eval_iters: int = flag(20, "batches per evaluation", type=positive(integer))
     log_interval: int = flag(50, "print a training line every this many steps", type=positive(integer))
     out_dir: str = flag(None, "where ckpt.pt and metrics.jsonl go; default out/<method>")
-    init_from: str = flag("scratch", "scratch, resume (out_dir/ckpt.pt), or the PATH of a full checkpoint to fine-tune")
+    init_from: str = flag("scratch", "scratch, resume (out_dir/ckpt.pt), a GPT-2 name (gpt2, gpt2-medium, gpt2-large, "
+                                     "gpt2-xl; downloads once) or HuggingFace folder, or a full train.py checkpoint")
     device: str = flag("auto", "auto (cuda > mps > cpu), or cpu, cuda, cuda:1, mps")
     dtype: str = flag("auto", "auto: bfloat16 autocast on CUDA GPUs that support it, else float32",
                       choices=("auto", "float32", "bfloat16", "float16"))
@@ -126,14 +130,21 @@ def parse_args(argv: list[str] | None = None) -> Config:
             if f.name == "vocab_size":  # set by the tokenizer
                 continue
             meta = dict(f.metadata)
+            if f.name == "block_size":  # open until the model is known: a pretrained model brings its own
+                meta["help"] += f"; default {f.default} from scratch, the pretrained model's otherwise (smaller crops it)"
+                meta.update(default=None, type=positive(integer))
             if isinstance(f.default, bool):
                 group.add_argument(f"--{f.name}", default=f.default, action=argparse.BooleanOptionalAction, **meta)
             else:
                 meta.setdefault("type", integer if isinstance(f.default, int) else type(f.default or ""))
-                group.add_argument(f"--{f.name}", default=f.default, **meta)
+                group.add_argument(f"--{f.name}", **{"default": f.default, **meta})
     args = vars(parser.parse_args(argv))
     cfg = Config(**{section: cls(**{f.name: args[f.name] for f in fields(cls) if f.name in args})
                     for section, cls in sections.items()})
+    if cfg.train.init_from == "scratch":  # nothing pretrained to take them from
+        cfg.model.block_size = cfg.model.block_size or GPTConfig.block_size
+        cfg.data.tokenizer = "bytes" if cfg.data.tokenizer == "auto" else cfg.data.tokenizer
+        cfg.model.vocab_size = data.get_tokenizer(cfg.data.tokenizer).n_vocab
     if cfg.adapter.compress == "auto":
         cfg.adapter.compress = "share" if cfg.adapter.rank >= 128 else "rotate"
     if cfg.train.out_dir is None:
@@ -249,7 +260,8 @@ def evaluate(model, files: dict, cfg: Config, device, ctx) -> dict[str, float]:
     model.eval()
     losses = {}
     for split, file in files.items():
-        batches = data.Batches(file, cfg.model.block_size, cfg.train.batch_size, device, seed=cfg.train.seed + 999)
+        batches = data.Batches(file, cfg.model.block_size, cfg.train.batch_size, device, seed=cfg.train.seed + 999,
+                               source=cfg.data.data)
         total = 0.0
         for _ in range(cfg.train.eval_iters):
             x, y = batches.next()
@@ -287,36 +299,72 @@ def check_writable(out_dir: str) -> None:
 
 
 def build_model(cfg: Config, ckpt_path: str) -> tuple[GPT, dict | None]:
-    """The model of cfg: new (--init_from scratch), fine-tuned from a pretrained full checkpoint (--init_from PATH),
-    or restored from ckpt_path (--init_from resume; returns that checkpoint too)."""
-    resume, pretrained = None, None
-    if cfg.train.init_from == "resume":
+    """The model of cfg: new (--init_from scratch), GPT-2 weights (a name or HuggingFace folder), a full train.py
+    checkpoint to fine-tune (PATH), or the run in ckpt_path (resume; returns that checkpoint too). Fills in what the
+    flags left open (--tokenizer auto, --block_size) from the pretrained model."""
+    t, resume = cfg.train, None
+    if t.init_from == "resume":
         resume = load_checkpoint(ckpt_path)
         saved = resume["config"]
-        cfg.train.init_from = saved["train"]["init_from"]  # what the interrupted run started from
-        if cfg.train.init_from != "scratch":  # a fine-tune: its architecture came from the pretrained model
+        t.init_from = saved["train"]["init_from"]  # what the interrupted run started from
+        if cfg.data.tokenizer == "auto":
+            cfg.data.tokenizer = saved["data"]["tokenizer"]
+        cfg.model.block_size = cfg.model.block_size or saved["model"]["block_size"]
+        cfg.model.vocab_size = saved["model"]["vocab_size"]
+        if t.init_from != "scratch":  # a fine-tune: its architecture came from the pretrained model
             cfg.model = GPTConfig(**saved["model"])
-        mismatch = describe_mismatch({**saved["model"], **saved["adapter"]},
-                                     {**asdict(cfg.model), **asdict(cfg.adapter)})
+        mismatch = describe_mismatch({**saved["model"], **saved["adapter"], "tokenizer": saved["data"]["tokenizer"]},
+                                     {**asdict(cfg.model), **asdict(cfg.adapter), "tokenizer": cfg.data.tokenizer})
         if mismatch:
             raise UserError(f"{ckpt_path} was trained with {mismatch}; pass the same flags, or another --out_dir")
-    elif cfg.train.init_from != "scratch":
-        pretrained = load_checkpoint(cfg.train.init_from)
-        saved = pretrained["config"]
-        if saved["adapter"]["method"] != "full":
-            raise UserError(f"--init_from {cfg.train.init_from} is a {saved['adapter']['method']} checkpoint; "
-                            f"fine-tuning starts from a full one (train it with --method full)")
-        if saved["data"]["tokenizer"] != cfg.data.tokenizer:
-            raise UserError(f"--init_from {cfg.train.init_from} uses --tokenizer {saved['data']['tokenizer']}; "
-                            f"pass the same")
-        cfg.model = GPTConfig(**saved["model"])  # the pretrained architecture wins over the flags
-    model = GPT(cfg.model)
-    if pretrained is not None:
-        model.load_state_dict(pretrained["model"])
-    model = adapt(model, cfg.adapter, pretraining=cfg.train.init_from == "scratch")
+        model = GPT(cfg.model)
+    elif t.init_from == "scratch":
+        model = GPT(cfg.model)
+    else:
+        model, own_tokenizer = load_pretrained(t.init_from, cfg.model.dropout)
+        cfg.data.tokenizer = pretrained_tokenizer(cfg.data.tokenizer, own_tokenizer, model, f"--init_from {t.init_from}")
+        if cfg.model.block_size:
+            try:
+                model.crop_block_size(cfg.model.block_size)
+            except ValueError as e:
+                raise UserError(f"--block_size {cfg.model.block_size}: {e}") from None
+        cfg.model = model.config  # the pretrained architecture wins over the other flags
+    model = adapt(model, cfg.adapter, pretraining=t.init_from == "scratch")
     if resume is not None:
         model.load_state_dict(resume["model"])
     return model, resume
+
+
+def load_pretrained(source: str, dropout: float, flag: str = "--init_from") -> tuple[GPT, str]:
+    """(model, its tokenizer) from GPT-2 weights (a name in PRETRAINED or a HuggingFace folder) or from a full
+    train.py checkpoint; errors name `flag`."""
+    if source in PRETRAINED or os.path.isdir(source):
+        try:
+            return GPT.from_pretrained(source, dropout), "gpt2"
+        except (ImportError, OSError, ValueError) as e:
+            raise UserError(f"{flag} {source}: {e}") from None
+    pretrained = load_checkpoint(source)
+    saved = pretrained["config"]
+    if saved["adapter"]["method"] != "full":
+        raise UserError(f"{flag} {source} is a {saved['adapter']['method']} checkpoint; fine-tuning starts "
+                        f"from a full one (train it with --method full)")
+    model = GPT(GPTConfig(**saved["model"]))
+    model.load_state_dict(pretrained["model"])
+    return model, saved["data"]["tokenizer"]
+
+
+def pretrained_tokenizer(requested: str, own: str, model: GPT, source: str) -> str:
+    """The tokenizer to fine-tune `model` with: its own for --tokenizer auto. Another must fit its vocabulary; a
+    train.py checkpoint takes only its own (a GPT-2 folder may have been trained with another BPE)."""
+    if requested == "auto":
+        return own
+    if own != "gpt2" and requested != own:
+        raise UserError(f"{source} uses --tokenizer {own}; pass the same")
+    n_vocab = data.get_tokenizer(requested).n_vocab
+    if n_vocab > model.config.vocab_size:
+        raise UserError(f"--tokenizer {requested} has {n_vocab:,} tokens, more than the {model.config.vocab_size:,} "
+                        f"of {source}")
+    return requested
 
 
 def restart_metrics(path: str, keep_before: int) -> None:
@@ -343,18 +391,17 @@ def main(argv: list[str] | None = None) -> dict:
     if master:
         check_writable(t.out_dir)
 
+    model, resume = build_model(cfg, ckpt_path)
     if not master:  # rank 0 tokenizes first; the others then find its cache
         dist.barrier()
     files = data.prepare(cfg.data.data, cfg.data.tokenizer, cfg.data.val_fraction)
     if ddp and master:
         dist.barrier()
-    cfg.model.vocab_size = data.get_tokenizer(cfg.data.tokenizer).n_vocab
-
-    model, resume = build_model(cfg, ckpt_path)
     model.to(device)
     optimizer = model.configure_optimizers(t.weight_decay, t.lr, (0.9, t.beta2), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
-    train_batches = data.Batches(files["train"], cfg.model.block_size, t.batch_size, device, seed=t.seed + rank)
+    train_batches = data.Batches(files["train"], cfg.model.block_size, t.batch_size, device, seed=t.seed + rank,
+                                 source=cfg.data.data)
     iter_num, best_val = 0, float("inf")
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
@@ -455,8 +502,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"kind": "summary", "method": cfg.adapter.method, "trainable_params": n_trainable,
                "total_params": n_total, "best_val_loss": best_val, "best_val_ppl": math.exp(best_val),
                "final_val_loss": val_losses, "val_loss_per_rank": val_per_rank, "wall_time_s": time.time() - t_start}
-    log(f"done: method {cfg.adapter.method}, {n_trainable:,} trainable parameters, best val loss {best_val:.4f} "
-        f"(ppl {math.exp(best_val):.2f}), wall time {format_time(summary['wall_time_s'])}")
+    log(f"done: method {cfg.adapter.method}, {n_trainable:,} trainable parameters, final val loss {val_losses:.4f} "
+        f"(ppl {math.exp(val_losses):.2f}; best {best_val:.4f}), wall time {format_time(summary['wall_time_s'])}")
     record(summary)
     return summary
 

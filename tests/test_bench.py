@@ -28,8 +28,31 @@ def test_layer_and_model_bench_report_every_figure(capsys):
     assert dense["copy_floor_ms"] > 0 and dense["alloc_floor_ms"] > 0
     assert "lora_ms" not in layers[2]  # r=256 does not fit a 32 x 64 layer
     models = bench.model_bench(TINY, torch.device("cpu"))
-    assert [row["method"] for row in models] == ["full", "lora", "mora"]
+    assert [(row["method"], row["route"]) for row in models] == [("full", "-"), ("lora", "default"), ("mora", "default"), ("lora", "operators"), ("mora", "operators")]
     assert models[0]["trainable_params"] > models[1]["trainable_params"] > 0
     bench.print_tables(layers, models)
     out = capsys.readouterr().out
-    assert "| 32x64 | 2 | 64 | operators |" in out and "| mora | float32 |" in out
+    assert "| 32x64 | 2 | 64 | operators |" in out and "| mora | operators | float32 |" in out
+
+
+def test_gpt2_memory_counts_only_adapters_as_trained():
+    rows = {(r["model"], r["method"]): r for r in bench.gpt2_memory()}
+    small = rows["gpt2", "full"]
+    assert small["total_params"] == small["trainable_params"] == 124_439_808  # GPT-2 small, head tied
+    assert rows["gpt2", "lora"]["trainable_params"] == 12 * 8 * (4 * (768 + 768) + 2 * (768 + 3072))
+    assert abs(rows["gpt2", "mora"]["trainable_params"] / rows["gpt2", "lora"]["trainable_params"] - 1) < 0.02
+    for row in rows.values():
+        assert row["adam_bytes"] == 2 * row["grad_bytes"] == 8 * row["trainable_params"]
+
+
+def test_an_adapter_step_gives_gradients_and_optimizer_state_to_adapters_only():
+    import train
+    cfg = train.parse_args(["--method", "mora", "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--rank", "2"])
+    model = train.adapt(bench.GPT(cfg.model), cfg.adapter, pretraining=False)
+    optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu")
+    idx = torch.randint(0, cfg.model.vocab_size, (2, 16))
+    model(idx, idx)[1].backward()
+    optimizer.step()
+    adapters = {name for name, _ in model.named_parameters() if name.endswith(".M")}
+    assert {name for name, p in model.named_parameters() if p.grad is not None} == adapters
+    assert {id(p) for p in optimizer.state} == {id(p) for name, p in model.named_parameters() if name in adapters}

@@ -7,6 +7,7 @@ Every check compares against an independent formulation, in float64 where number
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from mora import COMPRESSIONS, LoRALinear, MoRALinear
 F64 = torch.float64
 # (in, out, r): square, in < out, in > out, in divisible by r^ (r^ = 16), r^ >= in
 SHAPES = [(64, 64, 4), (48, 80, 4), (80, 48, 4), (32, 32, 4), (6, 20, 8)]
-KINDS = ["lora"] + [f"mora-{c}" for c in COMPRESSIONS] + ["mora-share-contiguous"]
+KINDS = ["lora"] + [f"mora-{c}" for c in COMPRESSIONS]
 
 
 def make_adapter(kind: str, n_in: int, n_out: int, r: int, dtype=F64, randomize=True, seed=0, dense=False):
@@ -30,8 +31,7 @@ def make_adapter(kind: str, n_in: int, n_out: int, r: int, dtype=F64, randomize=
     if kind == "lora":
         layer = LoRALinear(base, r, dense=dense)
     else:
-        _, compress, *groups = kind.split("-")
-        layer = MoRALinear(base, r, compress=compress, groups=groups[0] if groups else "strided", dense=dense)
+        layer = MoRALinear(base, r, compress=kind.removeprefix("mora-"), dense=dense)
     if randomize:
         with torch.no_grad():
             for name, p in layer.named_parameters():
@@ -118,18 +118,26 @@ def rotation_matrix(size: int, block: int) -> torch.Tensor:
 
 
 def expected_delta(layer: MoRALinear) -> torch.Tensor:
+    """D @ M @ C (decouple / rotate: D @ blockdiag(M R_b) @ C), from explicit 0/1 matrices built loop by loop."""
     n_in, n_out, size, M = layer.in_features, layer.out_features, layer.r_hat, layer.M.detach()
+    kind = type(layer.compression).__name__
+    if kind == "Truncate":
+        C = compress_matrices(n_in, size, 1)[0]  # the first r^ features (wrapped when r^ > in)
+        D = torch.zeros(n_out, size, dtype=F64)
+        for k in range(size):
+            D[k % n_out, k] = 1  # zero-padded; folded when r^ > out
+        return D @ M @ C
     n_blocks = math.ceil(n_in / size)
-    contiguous = layer.groups == "contiguous"
+    contiguous = kind == "ShareContiguous"
     Cs = compress_matrices(n_in, size, n_blocks, contiguous)
-    if layer.compress == "share":
+    if kind in ("Share", "ShareContiguous"):
         C = sum(Cs)  # sum of the groups
         D = torch.zeros(n_out, size, dtype=F64)
         for j in range(n_out):
             D[j, (j * size // n_out) if contiguous else (j % size)] = 1  # repeat-interleave / repeat
         return D @ M @ C
-    assert layer.compress == "rotate"
-    blocks = torch.cat([M @ rotation_matrix(size, b) @ C for b, C in enumerate(Cs)])  # (n_blocks*size, in)
+    R = rotation_matrix if kind == "Rotate" else (lambda size, b: torch.eye(size, dtype=F64))
+    blocks = torch.cat([M @ R(size, b) @ C for b, C in enumerate(Cs)])  # (n_blocks*size, in)
     length = n_blocks * size
     D = torch.zeros(n_out, length, dtype=F64)
     if n_in <= n_out:  # the authors: flatten the block outputs, truncate or tile to out
@@ -141,18 +149,26 @@ def expected_delta(layer: MoRALinear) -> torch.Tensor:
     return D @ blocks
 
 
-@pytest.mark.parametrize("kind", ["mora-share", "mora-share-contiguous", "mora-rotate"])
-@pytest.mark.parametrize("n_in,n_out,r", SHAPES + [(40, 200, 2)])
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "lora"])
+@pytest.mark.parametrize("n_in,n_out,r", SHAPES + [(40, 200, 2), (8, 3, 2)])
 def test_delta_weight_matches_explicit_construction(kind, n_in, n_out, r):
     layer = make_adapter(kind, n_in, n_out, r)
     torch.testing.assert_close(layer.delta_weight(), expected_delta(layer), atol=1e-10, rtol=0)
+    x = torch.randn(5, n_in, dtype=F64)  # and the operators on x give the same update
+    torch.testing.assert_close(layer.adapter_forward(x), x @ expected_delta(layer).t(), atol=1e-10, rtol=0)
+
+
+def test_lora_delta_weight_is_scaled_b_times_a():
+    layer = make_adapter("lora", 48, 80, 4)
+    torch.testing.assert_close(layer.delta_weight(), layer.scaling * layer.lora_B @ layer.lora_A, atol=1e-12, rtol=0)
+    torch.testing.assert_close(layer.delta_weight(10, 30), layer.delta_weight()[:, 10:30], atol=0, rtol=0)
 
 
 def test_no_input_feature_ignored_when_in_greater_than_out():
     """The authors' rotation keeps ceil(out/r^) blocks; every input column of dW must be non-zero here."""
     for compress in ("decouple", "rotate"):
         layer = make_adapter(f"mora-{compress}", 1024, 256, 8)
-        assert layer.n_blocks > math.ceil(256 / layer.r_hat)  # there are blocks the authors would drop
+        assert layer.compression.n_blocks > math.ceil(256 / layer.r_hat)  # there are blocks the authors would drop
         assert (layer.delta_weight().abs().sum(0) > 0).all()
         assert rank(layer.delta_weight()) == 256
 
@@ -191,7 +207,7 @@ def test_rank_of_random_updates():
     assert rank(make_adapter("lora", 256, 256, r).delta_weight()) == r
     share = make_adapter("mora-share", 256, 256, r)
     assert share.r_hat == 64 and rank(share.delta_weight()) == 64
-    assert rank(make_adapter("mora-share-contiguous", 256, 256, r).delta_weight()) == 64
+    assert rank(make_adapter("mora-share_contiguous", 256, 256, r).delta_weight()) == 64
     for compress in ("decouple", "rotate"):
         assert rank(make_adapter(f"mora-{compress}", 256, 256, r).delta_weight()) == 256
     assert rank(make_adapter("mora-rotate", 128, 384, r).delta_weight()) == 128  # min(in, out)
@@ -308,7 +324,7 @@ def test_rotation_tables_follow_dtype_and_device():
     x = torch.randn(3, 40)
     expected = layer(x)
     layer = layer.to(torch.bfloat16)
-    assert layer.cos.dtype == torch.bfloat16
+    assert layer.compression.cos.dtype == torch.bfloat16
     out = layer(x.bfloat16())
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)
@@ -353,7 +369,7 @@ def test_transformer_encoder_layer(method):
     model = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=True)
     mora.add_adapters(model, method, 4, targets=["linear1", "linear2"], dense=False)
     assert isinstance(model.linear1, mora.AdapterLinear) and isinstance(model.linear2, mora.AdapterLinear)
-    keys = {"lora": ["lora_A", "lora_B"], "mora": ["M", "in_index", "out_index"]}[method]
+    keys = {"lora": ["lora_A", "lora_B"], "mora": ["M", "in_perm", "out_perm"]}[method]
     assert set(mora.adapter_state_dict(model)) == {f"{layer}.{k}" for layer in ("linear1", "linear2") for k in keys}
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -393,7 +409,7 @@ def test_adapter_state_dict_roundtrip(method):
 
 
 def test_bad_arguments_get_clear_errors():
-    with pytest.raises(ValueError, match=r"target\(s\) \['c_attn'\] match no nn.Linear"):
+    with pytest.raises(ValueError, match=r"target\(s\) \['c_attn'\] match no linear layer"):
         mora.add_adapters(small_mlp(), "mora", 4, targets=["c_attn"])
     with pytest.raises(ValueError, match="method must be one of"):
         mora.add_adapters(small_mlp(), "dora", 4, targets=["2"])
@@ -403,3 +419,44 @@ def test_bad_arguments_get_clear_errors():
         LoRALinear(nn.Linear(8, 8), 0)
     with pytest.raises(ValueError, match="already has adapters"):
         mora.add_adapters(mora.add_adapters(small_mlp(), "lora", 2, ["2"]), "lora", 2, ["4"])
+
+
+# 9. a new compression needs only its f_comp / f_decomp ----------------------------------------------------------------
+
+class PermutedShare(mora.Share):
+    """A toy compression defined here, with no change to mora.py: a fixed random permutation, then sharing."""
+
+    def __init__(self, in_features, out_features, r_hat):
+        super().__init__(in_features, out_features, r_hat)
+        self.register_buffer("order", torch.randperm(in_features, generator=torch.Generator().manual_seed(7)))
+
+    def f_comp(self, x):
+        return super().f_comp(x.index_select(-1, self.order))
+
+
+@pytest.mark.parametrize("n_in,n_out,r", SHAPES)
+def test_a_new_compression_forwards_merges_and_unmerges(n_in, n_out, r):
+    torch.manual_seed(0)
+    layer = MoRALinear(nn.Linear(n_in, n_out, dtype=F64), r, compress=PermutedShare, dense=False)
+    nn.init.normal_(layer.M)
+    P = torch.zeros(n_in, n_in, dtype=F64)  # (P x)_i = x_order[i]
+    P[torch.arange(n_in), layer.compression.order] = 1
+    shared = MoRALinear(nn.Linear(n_in, n_out, dtype=F64), r, compress="share")
+    shared.M.data.copy_(layer.M)
+    expected = expected_delta(shared) @ P  # D M C P, from the explicit construction above
+    torch.testing.assert_close(layer.delta_weight(), expected, atol=1e-10, rtol=0)
+    x = torch.randn(2, 3, n_in, dtype=F64)
+    w0 = layer.base.weight.detach().clone()
+    reference = F.linear(x, w0 + expected, layer.base.bias)
+    torch.testing.assert_close(layer(x), reference, atol=1e-10, rtol=0)
+    layer.merge()
+    torch.testing.assert_close(layer.base.weight, w0 + expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(layer(x), reference, atol=1e-10, rtol=0)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base.weight, w0, atol=1e-12, rtol=0)
+
+
+def test_worked_example_shows_each_compression_and_its_rank():
+    text = mora.worked_example()
+    ranks = dict(re.findall(r"(\w+): rank (\d+)", text))
+    assert ranks == {"truncate": "4", "share": "4", "share_contiguous": "4", "decouple": "8", "rotate": "8"}

@@ -147,8 +147,9 @@ def test_bad_data_files(tmp_path, content, message):
     path = tmp_path / "corpus.txt"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(data.DataError, match=message):
+    with pytest.raises(data.DataError, match=message) as error:
         run(tmp_path / "out", "--data", str(path), "--max_iters", "2")
+    assert str(error.value).startswith(f"--data {path}: ")  # names the file the user passed
 
 
 @pytest.mark.parametrize("args,message", [(["--rank", "0"], "--rank: expected a positive number"),
@@ -167,7 +168,7 @@ def test_large_numbers_in_scientific_notation(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [(["--rank", "64"], r"an adapter of 4,096 parameters; lower --rank"),
-                                          (["--targets", "c_attn"], r"\['c_attn'\] match no nn.Linear")])
+                                          (["--targets", "c_attn"], r"\['c_attn'\] match no linear layer")])
 def test_bad_adapter_settings(tmp_path, args, message):
     with pytest.raises(train.UserError, match=message):
         run(tmp_path, "--method", "mora", *args)
@@ -212,3 +213,45 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
 def test_unknown_tokenizer_offline_message():
     with pytest.raises(data.DataError, match="cannot load tiktoken encoding 'no_such_encoding'.*--tokenizer bytes"):
         data.get_tokenizer("no_such_encoding")
+
+
+def test_default_training_step_runs_every_layers_operators(monkeypatch):
+    """python train.py --method mora: every adapted layer's f_comp and f_decomp run in the step, whichever route the
+    layer takes (small layers build W0 + dW from them), and M gets its gradient through them."""
+    cfg = train.parse_args(["--method", "mora", "--batch_size", "2"])
+    cfg.model.vocab_size = 257
+    model = train.adapt(train.GPT(cfg.model), cfg.adapter, pretraining=True)
+    called = []
+    for name in ("f_comp", "f_decomp"):
+        original = getattr(mora.Rotate, name)
+        monkeypatch.setattr(mora.Rotate, name, lambda self, x, name=name, original=original:
+                            called.append((name, id(self))) or original(self, x))
+    with torch.no_grad():  # a non-zero M, so that its gradient depends on the operators on both sides
+        for layer in mora.adapter_layers(model).values():
+            layer.M.normal_(std=0.01)
+    idx = torch.randint(0, 257, (2, cfg.model.block_size))
+    model(idx, idx)[1].backward()
+    layers = mora.adapter_layers(model).values()
+    assert len(layers) == 4 * 6 and all(layer.dense for layer in layers)  # the default GPT's layers are small
+    for name in ("f_comp", "f_decomp"):
+        assert {id(layer.compression) for layer in layers} <= {i for n, i in called if n == name}
+    assert all(layer.M.grad is not None and layer.M.grad.abs().sum() > 0 for layer in layers)
+
+
+def test_finetune_gpt2_weights_with_a_bpe_tokenizer(tmp_path, tiny_gpt2_folder, tiny_bpe_name):
+    """--init_from a HuggingFace GPT-2 folder (what --init_from gpt2 finds after its download)."""
+    args = ["--method", "mora", "--rank", "2", "--init_from", tiny_gpt2_folder, "--tokenizer", tiny_bpe_name,
+            "--block_size", "24", "--batch_size", "4", "--max_iters", "6", "--eval_interval", "3", "--eval_iters", "2"]
+    summary = train.main(args + ["--out_dir", str(tmp_path / "ft")])
+    checkpoint = torch.load(tmp_path / "ft" / "ckpt.pt", weights_only=True)
+    config = checkpoint["config"]
+    assert (config["model"]["n_embd"], config["model"]["block_size"], config["data"]["tokenizer"]) == \
+        (64, 24, "tiny-bpe")  # architecture from the weights, context cropped by the flag
+    assert checkpoint["model"]["wpe.weight"].shape == (24, 64)
+    m_sizes = [v.numel() for k, v in checkpoint["model"].items() if k.endswith(".M")]
+    assert summary["trainable_params"] == sum(m_sizes) and len(m_sizes) == 12  # only the adapters train
+    evals = records(tmp_path / "ft", "eval")
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    with pytest.raises(train.UserError, match="cropped, not extended"):
+        train.main(["--method", "mora", "--init_from", tiny_gpt2_folder, "--tokenizer", tiny_bpe_name,
+                    "--block_size", "97", "--out_dir", str(tmp_path / "x")])  # the tiny model has 96 positions

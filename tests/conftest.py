@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny BPE tokenizer built offline, and a tiny HuggingFace GPT-2 saved to a folder."""
+
+import pytest
+import tiktoken
+import torch
+
+import data
+
+# A few merges over the bytes, so that tokens are not one byte each and UUIDs split unevenly.
+MERGES = [b"4a", b"-4", b"ab", b"12", b"c3", b"f0", b"9d", b"e ", b"th", b"the", b"in", b"ab12", b"-8", b"00"]
+
+
+def tiny_bpe() -> tiktoken.Encoding:
+    ranks = {bytes([i]): i for i in range(256)}
+    for merge in MERGES:
+        ranks[merge] = len(ranks)
+    return tiktoken.Encoding(name="tiny-bpe", pat_str=r"(?s).{1,256}", mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": len(ranks)})
+
+
+@pytest.fixture
+def tiny_bpe_name(monkeypatch) -> str:
+    """Registers the tiny BPE as --tokenizer tiny-bpe."""
+    monkeypatch.setitem(data.ENCODINGS, "tiny-bpe", tiny_bpe)
+    return "tiny-bpe"
+
+
+@pytest.fixture
+def tiny_gpt2_folder(tmp_path_factory, tiny_bpe_name) -> str:
+    """A randomly initialized 2-layer, 64-wide HuggingFace GPT-2 with the tiny BPE's vocabulary, saved by
+    save_pretrained() (as GPT.from_pretrained("gpt2") would find it after a download)."""
+    transformers = pytest.importorskip("transformers", reason="pip install transformers to run the GPT-2 tests")
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=tiny_bpe().n_vocab, n_positions=96, n_embd=64, n_layer=2, n_head=4,
+                                     bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    return str(folder)
