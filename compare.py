@@ -3,8 +3,8 @@ Pretraining comparison (the paper's §5.3, Table 3): run train.py for several me
 rate on a tuning seed, then report the final validation loss of each at its rate over other seeds. Any other
 train.py flag passes through.
 
-    python compare.py --tune_only                   # each method over the grid on seed 0: CPU ~35 min
-    python compare.py                               # then 3 reporting seeds at each pick: ~35 min more
+    python compare.py --tune_only                   # each method over the grid on seed 0: CPU ~55 min
+    python compare.py                               # then 3 reporting seeds at each pick: ~55 min more
     python compare.py --methods lora,mora --rank 21 --compress share --tag share-r21    # the paper's rank fraction
     python compare.py --lrs 1e-3,3e-3,1e-2 --n_layer 12 --n_head 12 --n_embd 768 --max_iters 5000   # on a GPU
 

@@ -3,8 +3,8 @@ The paper's memorization experiment (§3, §5.1, Table 2): fine-tune a pretraine
 "key:value" and measure how fast each method memorizes them, at equal trainable parameters.
 
     python memorize_uuid.py                              # CPU demo, one seed: LoRA r=8 vs MoRA r=8, ~8 minutes
-    python memorize_uuid.py --methods full,lora,mora --lrs 3e-3,1e-2,3e-2,1e-1 --tune_only     # rates: ~40 min
-    python memorize_uuid.py --methods full,lora,mora --lrs 3e-3,1e-2,3e-2,1e-1 --seeds 1,2,3 --tag seeds  # +30
+    python memorize_uuid.py --methods full,lora,mora --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --tune_only   # 47 min
+    python memorize_uuid.py --methods full,lora,mora --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --seeds 1,2,3 --tag seeds
     python memorize_uuid.py --methods lora,mora --ranks 1,2,4,8,16,32 --tag ranks  # the rank sweep
     python memorize_uuid.py --base out/full/ckpt.pt      # your own train.py checkpoint (--method full)
     python memorize_uuid.py --preset gpu                 # one GPU: GPT-2 (124M) from HuggingFace, 1,000 pairs
