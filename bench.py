@@ -1,16 +1,18 @@
 """
 Speed and memory of the adapters and of train.py's step, side by side. Prints markdown tables, writes JSON.
 
-    python bench.py --quick              # about 20 seconds on a 2-core CPU
-    python bench.py                      # all shapes and ranks (CPU: about 7 minutes)
+    python bench.py --quick              # about a minute on a 2-core CPU
+    python bench.py                      # all shapes and ranks (CPU: about 22 minutes)
     python bench.py --preset gpu         # one CUDA GPU: larger batches, bf16 autocast at model level
 
 Layer level, for the default GPT's shapes and LLaMA-2-7B's, at r = 8 and 256 (where the adapter fits the layer):
 forward + backward of a frozen nn.Linear, LoRALinear and MoRALinear with each compression; forward after merge();
 delta_weight() and merge() against two memory floors (one copy_ of a weight-sized tensor into existing memory, one
 clone into new memory); memory that autograd saves for backward (and peak CUDA memory on a GPU). Model level:
-ms/iter and tokens/s of train.py's step for full, LoRA and MoRA. Small layers (up to mora.DENSE_MAX_WEIGHTS weights) run each adapter both ways: dense (W + dW, the default
-there) and through the adapter's own operators. Timings are medians over repeats, after warm-up; CUDA events on GPU.
+ms/iter and tokens/s of train.py's step for full, LoRA and MoRA, with each layer's default route and forced through
+the operators. Small layers (up to mora.DENSE_MAX_WEIGHTS weights) run each adapter both ways: dense (W + dW, the
+default there) and through the adapter's own operators. GPT-2 small and medium: trainable parameters, gradient and
+AdamW bytes, counted on the meta device. Timings are medians over repeats, after warm-up; CUDA events on GPU.
 """
 
 import argparse

@@ -226,7 +226,8 @@ def finetune(base: dict, method: str, rank: int, lr: float, seed: int, args, enc
     return {"method": method, "rank": rank if method != "full" else None, "lr": lr, "seed": seed,
             "trainable_params": mora.count_trainable(model), "curve": curve, "wall_time_s": time.time() - t0,
             "format_floor": format_floor(examples["values"]), "tokens_per_example": examples["sequences"].shape[1],
-            "spectra": {name: spectrum_stats(d.detach().float().cpu(), args.sv_threshold) for name, d in deltas.items()}}
+            "spectra": {name: spectrum_stats(d.detach().float().cpu(), args.sv_threshold)
+                        for name, d in deltas.items()}}
 
 
 def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, *rest) -> dict:

@@ -176,7 +176,8 @@ class GPT(nn.Module):
             qkv_bias = hf_block["attn.c_attn.bias"].chunk(3)
             for proj, weight, bias in zip(("query", "key", "value"), qkv_weight, qkv_bias):
                 ours[f"h.{i}.attn.{proj}.weight"], ours[f"h.{i}.attn.{proj}.bias"] = weight, bias
-            for ours_name, hf_name in (("attn.output", "attn.c_proj"), ("mlp.up", "mlp.c_fc"), ("mlp.down", "mlp.c_proj")):
+            for ours_name, hf_name in (("attn.output", "attn.c_proj"), ("mlp.up", "mlp.c_fc"),
+                                       ("mlp.down", "mlp.c_proj")):
                 ours[f"h.{i}.{ours_name}.weight"] = hf_block[f"{hf_name}.weight"].t()  # Conv1D (in, out) -> (out, in)
                 ours[f"h.{i}.{ours_name}.bias"] = hf_block[f"{hf_name}.bias"]
         ours["lm_head.weight"] = ours["wte.weight"]  # tied, as in GPT-2

@@ -131,7 +131,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                 continue
             meta = dict(f.metadata)
             if f.name == "block_size":  # open until the model is known: a pretrained model brings its own
-                meta["help"] += f"; default {f.default} from scratch, the pretrained model's otherwise (smaller crops it)"
+                meta["help"] += (f"; default {f.default} from scratch, the pretrained model's otherwise "
+                                 f"(smaller crops it)")
                 meta.update(default=None, type=positive(integer))
             if isinstance(f.default, bool):
                 group.add_argument(f"--{f.name}", default=f.default, action=argparse.BooleanOptionalAction, **meta)
@@ -322,7 +323,8 @@ def build_model(cfg: Config, ckpt_path: str) -> tuple[GPT, dict | None]:
         model = GPT(cfg.model)
     else:
         model, own_tokenizer = load_pretrained(t.init_from, cfg.model.dropout)
-        cfg.data.tokenizer = pretrained_tokenizer(cfg.data.tokenizer, own_tokenizer, model, f"--init_from {t.init_from}")
+        cfg.data.tokenizer = pretrained_tokenizer(cfg.data.tokenizer, own_tokenizer, model,
+                                                  f"--init_from {t.init_from}")
         if cfg.model.block_size:
             try:
                 model.crop_block_size(cfg.model.block_size)
