@@ -3,17 +3,18 @@ Pretraining comparison (the paper's §5.3, Table 3): run train.py for several me
 rate on a tuning seed, then report the final validation loss of each at its rate over other seeds. Any other
 train.py flag passes through.
 
-    python compare.py --tune_only                   # each method over the grid on seed 0: CPU ~55 min
-    python compare.py                               # then 3 reporting seeds at each pick: ~55 min more
-    python compare.py --methods lora,mora --rank 21 --compress share --tag share-r21    # the paper's rank fraction
+    python compare.py --tune_only       # the five methods over a 5-rate grid on seed 0: CPU ~2 h
+    python compare.py                   # then 3 reporting seeds at each pick: ~65 min more
+    python compare.py --methods lora,mora --rank 21 --compress share --lrs 1e-3,3e-3,1e-2,3e-2 --tag share-r21
     python compare.py --lrs 1e-3,3e-3,1e-2 --n_layer 12 --n_head 12 --n_embd 768 --max_iters 5000   # on a GPU
 
 Protocol: the tuning seed picks the rate with the lowest final validation loss; its runs are never reported. The
 reported figure is the final validation loss (not the best over evaluations, which would be early stopping on the
-reported split), as mean ± std and min-max over the seeds, with the paired gaps LoRA - MoRA and ReLoRA - ReMoRA
-per seed and their 95% intervals. Runs go to out/compare/<tag>/<method>-lr<lr>-seed<seed>/ and a finished run is
-not repeated, so an interrupted sweep continues. Tables: stdout and out/compare/<tag>/results.json; with matplotlib,
-the validation curves in out/compare/<tag>/pretraining.png.
+reported split), as mean ± std and min-max over the seeds, with the gaps paired by seed and their 95% intervals:
+LoRA - MoRA and ReLoRA - ReMoRA (the method), LoRA - ReLoRA and MoRA - ReMoRA (the restarts). A run that diverges
+stops early and counts as the worst loss. Runs go to out/compare/<tag>/<method>-lr<lr>-seed<seed>/ and a finished
+run is not repeated, so an interrupted sweep continues. Tables: stdout and out/compare/<tag>/results.json; with
+matplotlib, the validation curves in out/compare/<tag>/pretraining.png. Times: one CPU core, measured (docs).
 """
 
 import argparse
@@ -25,7 +26,7 @@ from dataclasses import asdict
 import train
 from memorize_uuid import paired_difference, pick_rate, pyplot, save_figure, spread
 
-GAPS = [("lora", "mora"), ("relora", "remora")]
+GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "relora"), ("mora", "remora")]  # a - b, paired by seed
 
 
 def run(root: str, method: str, lr: float, seed: int, train_flags: list[str]) -> list[dict]:
@@ -83,7 +84,8 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], path: str) -> bool:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
     parser.add_argument("--methods", default=",".join(train.METHODS), help="comma-separated methods to compare")
-    parser.add_argument("--lrs", default="3e-3,1e-2,3e-2", help="comma-separated learning-rate grid, tuned per method")
+    parser.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2,1e-1",
+                        help="comma-separated learning-rate grid, tuned per method")
     parser.add_argument("--tune_seed", type=train.integer, default=0, help="seed the rates are picked on; not reported")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds to report")
     parser.add_argument("--tune_only", action="store_true", help="stop after tuning (the sweep continues later)")
@@ -104,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     for method in methods:
         tuned = [final_loss(run(root, method, lr, args.tune_seed, train_flags)) for lr in lrs]
         lr, warning = pick_rate(lrs, [-loss for loss in tuned])
-        tuning.append(f"tuning seed {args.tune_seed}, {method}: final val loss "
-                      + ", ".join(f"{loss:.4f} at {g:g}" for loss, g in zip(tuned, lrs)) + f"; picked {lr:g}"
+        shown = [f"{loss:.4f} at {g:g}" if math.isfinite(loss) else f"diverged at {g:g}" for loss, g in zip(tuned, lrs)]
+        tuning.append(f"tuning seed {args.tune_seed}, {method}: final val loss " + ", ".join(shown) + f"; picked {lr:g}"
                       + (f". WARNING: {warning}" if warning else ""))
         print(tuning[-1])
         rows[method] = {"lr": lr}

@@ -3,9 +3,12 @@ The paper's memorization experiment (§3, §5.1, Table 2): fine-tune a pretraine
 "key:value" and measure how fast each method memorizes them, at equal trainable parameters.
 
     python memorize_uuid.py                              # CPU demo, one seed: LoRA r=8 vs MoRA r=8, ~8 minutes
-    python memorize_uuid.py --methods full,lora,mora --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --tune_only   # 47 min
+    python memorize_uuid.py --methods lora,mora --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --tune_only        # 31 min
+    python memorize_uuid.py --methods full --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --tune_only             # 16 min
     python memorize_uuid.py --methods full,lora,mora --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --seeds 1,2,3 --tag seeds
-    python memorize_uuid.py --methods lora,mora --ranks 1,2,4,8,16,32 --tag ranks  # the rank sweep
+    python memorize_uuid.py --methods lora,mora --ranks 16 --lrs lora=1e-3:3e-3:1e-2:3e-2,mora=1e-3:3e-3:1e-2:3e-2:1e-1
+    python memorize_uuid.py --methods lora,mora --ranks 4,8,16,32 --tag ranks \
+        --lrs lora=1e-3:3e-3:1e-2:3e-2,mora=1e-3:3e-3:1e-2:3e-2:1e-1   # rank sweep: each rank first, as above
     python memorize_uuid.py --base out/full/ckpt.pt      # your own train.py checkpoint (--method full)
     python memorize_uuid.py --preset gpu                 # one GPU: GPT-2 (124M) from HuggingFace, 1,000 pairs
 
@@ -259,14 +262,18 @@ def estimate_flops(base: dict, args, tokens_per_example: int, n_runs: int) -> fl
 # The sweep: tune on one seed, report on others
 
 def parse_lrs(text: str, methods: list[str]) -> dict[str, list[float]]:
-    """'1e-2,3e-2': one grid for every method; 'full=1e-2,lora=3e-3,...': one fixed rate per method."""
-    if "=" not in text:
-        return {m: [float(lr) for lr in text.split(",")] for m in methods}
-    rates = {m: [float(lr)] for m, lr in (item.split("=") for item in text.split(","))}
-    missing = [m for m in methods if m not in rates]
+    """'1e-2,3e-2': one grid for every method; 'lora=3e-3:1e-2,mora=3e-2': a grid (or one fixed rate) per method."""
+    try:
+        if "=" not in text:
+            return {m: [float(lr) for lr in text.split(",")] for m in methods}
+        grids = {m: [float(lr) for lr in lrs.split(":")] for m, lrs in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise train.UserError(f"--lrs {text} is not a learning-rate grid: write '1e-3,1e-2' (every method) or "
+                              f"'lora=1e-3:1e-2,mora=3e-2' (per method)") from None
+    missing = [m for m in methods if m not in grids]
     if missing:
         raise train.UserError(f"--lrs {text} gives no rate for {missing}")
-    return rates
+    return grids
 
 
 def pick_rate(grid: list[float], scores: list[float]) -> tuple[float, str | None]:
@@ -300,24 +307,25 @@ def summarize(groups: dict, seeds: list[int], steps: list[int]) -> dict:
 def report(summary: dict, tuning: list[str], floor: float, steps: list[int]) -> list[str]:
     shown = sorted({steps[len(steps) // 4], steps[len(steps) // 2], steps[3 * len(steps) // 4], steps[-1]})
     n = next(iter(summary.values()))["char_acc"][steps[0]]["n"]
-    lines = [f"Character accuracy (%), mean ± std (min-max) over {n} seed(s); format floor {pct(floor)}%, exact-match "
-             f"floor 0%:", "",
+    over = "on one seed (a demo: no spread)" if n == 1 else f"mean ± std (min-max) over {n} seeds"
+    lines = [f"Character accuracy (%), {over}; format floor {pct(floor)}%, exact-match floor 0%:", "",
              "| method | trainable | lr | " + " | ".join(f"step {s}" for s in shown)
              + " | final exact match | stays >= 90% from step: median (range) |", "|---" * (len(shown) + 5) + "|"]
     for (method, rank), row in summary.items():
-        cells = [f"{pct(a['mean'])} ± {pct(a['std'])} ({pct(a['min'])}-{pct(a['max'])})"
+        cells = [pct(a["mean"]) if n == 1 else f"{pct(a['mean'])} ± {pct(a['std'])} ({pct(a['min'])}-{pct(a['max'])})"
                  for a in (row["char_acc"][s] for s in shown)]
         crossing = reach_summary(row["reach_90"])
         exact = row["exact_match"][steps[-1]]
         lines.append(f"| {name_of(method, rank)} | {row['trainable_params']:,} | {row['lr']:g} | " + " | ".join(cells)
-                     + f" | {pct(exact['mean'])} ± {pct(exact['std'])} | {crossing} |")
+                     + f" | {pct(exact['mean'])}" + (f" ± {pct(exact['std'])}" if n > 1 else "") + f" | {crossing} |")
     pairs = [(m, r) for m, r in summary if m == "mora" and ("lora", r) in summary]
     if pairs:
         lines += ["", "Paired difference MoRA - LoRA of the mean character accuracy over checkpoints (points), per "
                       "seed:", "", "| rank | mean | 95% interval | min-max | per seed |", "|---|---|---|---|---|"]
         for _, rank in pairs:
             d = paired_difference(summary["mora", rank]["mean_acc"], summary["lora", rank]["mean_acc"])
-            lines.append(f"| {rank} | {pct(d['mean'])} | {pct(d['ci95'][0])} to {pct(d['ci95'][1])} | "
+            interval = f"{pct(d['ci95'][0])} to {pct(d['ci95'][1])}" if n > 1 else "none: one seed"
+            lines.append(f"| {rank} | {pct(d['mean'])} | {interval} | "
                          f"{pct(d['min'])} to {pct(d['max'])} | {', '.join(pct(x) for x in d['diffs'])} |")
     return lines + ([""] + tuning if tuning else [])
 
@@ -326,6 +334,8 @@ def reach_summary(steps: list[int | None]) -> str:
     """Median (min-max) over seeds of the sustained-crossing step; a seed that never stays above counts as infinite."""
     values = sorted(math.inf if s is None else s for s in steps)
     show = lambda v: "not reached" if v == math.inf else f"{v:g}"
+    if len(values) == 1:
+        return show(values[0])
     return f"{show(statistics.median(values))} ({show(values[0])}-{show(values[-1])})"
 
 
@@ -380,12 +390,12 @@ def plot(summary: dict, floor: float, steps: list[int], path: str) -> bool:
                title="UUID memorization", ylim=(0, 101))
     if len(ranks) > 1:
         sweep = axes[0][1]
-        for method in ("lora", "mora"):
+        for method, color in (("lora", "tab:blue"), ("mora", "tab:red")):
             rows = [summary[method, r] for r in ranks if (method, r) in summary]
             for step, style in ((steps[len(steps) // 2], "--"), (steps[-1], "-")):
                 sweep.semilogx([row["trainable_params"] for row in rows],
                                [100 * row["char_acc"][step]["mean"] for row in rows], style, marker="o",
-                               label=f"{method} at step {step}")
+                               color=color, label=f"{method} at step {step}")
         sweep.axhline(100 * floor, color="gray", ls="--")
         sweep.set(xlabel=f"trainable parameters (r = {', '.join(map(str, ranks))})", ylabel="character accuracy (%)",
                   title="accuracy against budget", ylim=(0, 101))
@@ -401,7 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", help="comma-separated: full, lora, mora; default: the preset's")
     parser.add_argument("--ranks", default="8", help="comma-separated LoRA ranks (MoRA gets the same budgets)")
     parser.add_argument("--compress", default="auto", choices=("auto", *mora.COMPRESSIONS), help="MoRA compression")
-    parser.add_argument("--lrs", help="a grid tuned on --tune_seed ('3e-3,1e-2'), or fixed 'full=1e-2,lora=...'")
+    parser.add_argument("--lrs", help="a grid tuned on --tune_seed ('3e-3,1e-2'), or per method 'lora=1e-3:1e-2,...'")
     parser.add_argument("--tune_seed", type=train.integer, default=0, help="seed for picking rates; never reported")
     parser.add_argument("--seeds", help="comma-separated seeds to report (not the tuning seed)")
     parser.add_argument("--tune_only", action="store_true", help="stop after tuning (the sweep continues later)")

@@ -218,6 +218,10 @@ def restart_adapters(model: GPT, optimizer: torch.optim.Optimizer) -> None:
             optimizer.state.pop(p, None)
 
 
+def weights_finite(model: torch.nn.Module) -> bool:
+    return bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
+
+
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                    grad_clip: float) -> None:
     """After backward(): clip the gradient norm (of unscaled fp16 gradients), step, and clear the gradients."""
@@ -434,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     t_start = t_last = time.time()
     iters_since_log, loss_sum = 0, torch.zeros((), device=device)
-    val_losses = None
+    val_losses, diverged_at = None, None
     restarts = cfg.adapter.method in RESTART_METHODS
     try:
         while True:
@@ -475,7 +479,8 @@ def main(argv: list[str] | None = None) -> dict:
             optimizer_step(raw_model, optimizer, scaler, t.grad_clip)
             iters_since_log += 1
 
-            if (iter_num + 1) % t.log_interval == 0 or iter_num + 1 == t.max_iters:
+            at_log = (iter_num + 1) % t.log_interval == 0 or iter_num + 1 == t.max_iters
+            if at_log:
                 loss_value = loss_sum.item() / iters_since_log
                 now = time.time()
                 dt = (now - t_last) / iters_since_log
@@ -485,7 +490,13 @@ def main(argv: list[str] | None = None) -> dict:
                         "tokens_per_s": tokens_per_iter / dt})
                 t_last, iters_since_log, loss_sum = now, 0, torch.zeros((), device=device)
             iter_num += 1
-            if restarts and iter_num % cfg.adapter.merge_every == 0 and iter_num < t.max_iters:
+            at_restart = restarts and iter_num % cfg.adapter.merge_every == 0 and iter_num < t.max_iters
+            if (at_log or at_restart) and not weights_finite(raw_model):  # the same on every DDP rank
+                log(f"iter {iter_num}: the weights are no longer finite: training diverged, stopping (lower --lr)")
+                record({"kind": "diverged", "iter": iter_num})
+                diverged_at, val_losses = iter_num, math.nan
+                break
+            if at_restart:
                 restart_adapters(raw_model, optimizer)
                 log(f"iter {iter_num}: merged and restarted {len(mora.adapter_layers(raw_model))} adapters")
                 record({"kind": "restart", "iter": iter_num})
@@ -503,7 +514,8 @@ def main(argv: list[str] | None = None) -> dict:
         dist.destroy_process_group()
     summary = {"kind": "summary", "method": cfg.adapter.method, "trainable_params": n_trainable,
                "total_params": n_total, "best_val_loss": best_val, "best_val_ppl": math.exp(best_val),
-               "final_val_loss": val_losses, "val_loss_per_rank": val_per_rank, "wall_time_s": time.time() - t_start}
+               "final_val_loss": val_losses, "val_loss_per_rank": val_per_rank, "diverged_at": diverged_at,
+               "wall_time_s": time.time() - t_start}
     log(f"done: method {cfg.adapter.method}, {n_trainable:,} trainable parameters, final val loss {val_losses:.4f} "
         f"(ppl {math.exp(val_losses):.2f}; best {best_val:.4f}), wall time {format_time(summary['wall_time_s'])}")
     record(summary)

@@ -63,6 +63,7 @@ def test_reach_summary_counts_not_reached_as_infinite():
     assert memorize_uuid.reach_summary([500, 300, 400]) == "400 (300-500)"
     assert memorize_uuid.reach_summary([500, None, None]) == "not reached (500-not reached)"
     assert memorize_uuid.reach_summary([None, 300]) == "not reached (300-not reached)"  # median of 300 and infinity
+    assert memorize_uuid.reach_summary([700]) == "700" and memorize_uuid.reach_summary([None]) == "not reached"
 
 
 def test_paired_difference_and_its_interval():
@@ -83,8 +84,13 @@ def test_tuning_picks_the_best_rate_and_warns_at_an_edge():
 def test_learning_rate_flags():
     assert memorize_uuid.parse_lrs("1e-2,3e-2", ["lora", "mora"]) == {"lora": [1e-2, 3e-2], "mora": [1e-2, 3e-2]}
     assert memorize_uuid.parse_lrs("lora=1e-2,mora=3e-2", ["lora", "mora"]) == {"lora": [1e-2], "mora": [3e-2]}
+    assert memorize_uuid.parse_lrs("lora=1e-3:1e-2,mora=3e-2", ["lora", "mora"]) == {"lora": [1e-3, 1e-2],
+                                                                                     "mora": [3e-2]}
     with pytest.raises(train.UserError, match=r"no rate for \['full'\]"):
         memorize_uuid.parse_lrs("lora=1e-2", ["full", "lora"])
+    for bad in ("1e-2,fast", "lora=1e-2=3e-2"):
+        with pytest.raises(train.UserError, match=f"--lrs {bad} is not a learning-rate grid"):
+            memorize_uuid.parse_lrs(bad, ["lora"])
 
 
 def test_encoding_masks_padding_and_puts_value_loss_on_the_value(tiny_bpe_name):
@@ -141,6 +147,9 @@ def test_tuned_multi_seed_run_writes_every_field_and_resumes(workdir, monkeypatc
 
     monkeypatch.setattr(memorize_uuid, "finetune", lambda *a, **k: pytest.fail("a finished run was run again"))
     assert memorize_uuid.main(args)["tables"] == results["tables"]
+    one_seed = memorize_uuid.main(args[:-4] + ["--seeds", "1", "--tag", "tiny"])["tables"]  # a demo: no spread
+    assert "±" not in next(line for line in one_seed if line.startswith("| lora r=2 |"))
+    assert any("| none: one seed |" in line for line in one_seed)
 
 
 def test_reporting_on_the_tuning_seed_is_refused(workdir):

@@ -4,6 +4,7 @@
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -64,6 +65,13 @@ def test_restarts_happen_on_schedule_and_change_the_base_weights(tmp_path):
     lrs = [train.get_lr(it, cfg) for it in range(cfg.adapter.merge_every * 2 + 5)]
     at = cfg.adapter.merge_every
     assert lrs[at] < 0.1 * lrs[at - 1] and lrs[at + 10] > lrs[at]  # jagged: re-warm after each restart
+
+
+def test_a_diverged_run_stops_with_a_summary_instead_of_merging_nan(tmp_path):
+    summary = run(tmp_path, "--method", "relora", "--lr", "1e30", "--max_iters", "40", "--merge_every", "10",
+                  "--log_interval", "50")  # caught at the first restart, before its merge
+    assert summary["diverged_at"] == 10 and math.isnan(summary["final_val_loss"])
+    assert records(tmp_path, "diverged") == [{"kind": "diverged", "iter": 10}] and not records(tmp_path, "restart")
 
 
 def test_restart_forgets_adapter_optimizer_state_only():
