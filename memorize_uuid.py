@@ -6,9 +6,9 @@ The paper's memorization experiment (§3, §5.1, Table 2): fine-tune a pretraine
     python memorize_uuid.py --methods lora,mora --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --tune_only        # 31 min
     python memorize_uuid.py --methods full --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --tune_only             # 16 min
     python memorize_uuid.py --methods full,lora,mora --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --seeds 1,2,3 --tag seeds
-    python memorize_uuid.py --methods lora,mora --ranks 16 --lrs lora=1e-3:3e-3:1e-2:3e-2,mora=1e-3:3e-3:1e-2:3e-2:1e-1
+    python memorize_uuid.py --methods lora,mora --ranks 16 --lrs lora=1e-3:3e-3:1e-2:3e-2,mora=3e-3:1e-2:3e-2:1e-1
     python memorize_uuid.py --methods lora,mora --ranks 4,8,16,32 --tag ranks \
-        --lrs lora=1e-3:3e-3:1e-2:3e-2,mora=1e-3:3e-3:1e-2:3e-2:1e-1   # rank sweep: each rank first, as above
+        --lrs lora=1e-3:3e-3:1e-2:3e-2,mora=3e-3:1e-2:3e-2:1e-1   # the rank sweep, after r = 4, 16, 32 as above
     python memorize_uuid.py --base out/full/ckpt.pt      # your own train.py checkpoint (--method full)
     python memorize_uuid.py --preset gpu                 # one GPU: GPT-2 (124M) from HuggingFace, 1,000 pairs
 
