@@ -14,7 +14,7 @@ reported split), as mean ± std and min-max over the seeds, with the gaps paired
 LoRA - MoRA and ReLoRA - ReMoRA (the method), LoRA - ReLoRA and MoRA - ReMoRA (the restarts). A run that diverges
 stops early and counts as the worst loss. Runs go to out/compare/<tag>/<method>-lr<lr>-seed<seed>/ and a finished
 run is not repeated, so an interrupted sweep continues. Tables: stdout and out/compare/<tag>/results.json; with
-matplotlib, the validation curves in out/compare/<tag>/pretraining.png. Times: one CPU core, measured (docs).
+matplotlib, the validation curves in out/compare/<tag>/pretraining.png. The times above: summed runs, one CPU core.
 """
 
 import argparse
