@@ -24,7 +24,7 @@ import os
 from dataclasses import asdict
 
 import train
-from memorize_uuid import paired_difference, pick_rate, pyplot, save_figure, spread
+from memorize_uuid import interval_text, paired_difference, pick_rate, pyplot, save_figure, spread, spread_text
 
 GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "relora"), ("mora", "remora")]  # a - b, paired by seed
 
@@ -52,6 +52,10 @@ def finished(out_dir: str, flags: list[str]) -> list[dict] | None:
     if config != wanted:
         raise train.UserError(f"{out_dir} holds a run with other flags; pass another --tag or delete that folder")
     return records if any(r["kind"] == "summary" for r in records) else None
+
+
+def nats(loss: float) -> str:
+    return f"{loss:.4f}"
 
 
 def final_loss(records: list[dict]) -> float:
@@ -126,14 +130,15 @@ def main(argv: list[str] | None = None) -> dict:
              "|---|---|---|---|---|---|"]
     for method, row in rows.items():
         s = spread(row["losses"])
-        lines.append(f"| {method} | {row['trainable_params']:,} | {row['lr']:g} | {s['mean']:.4f} ± {s['std']:.4f} | "
-                     f"{s['min']:.4f}-{s['max']:.4f} | {math.exp(s['mean']):.2f} |")
+        lines.append(f"| {method} | {row['trainable_params']:,} | {row['lr']:g} | "
+                     f"{spread_text(s, nats, with_range=False)} | {s['min']:.4f}-{s['max']:.4f} | "
+                     f"{math.exp(s['mean']):.2f} |")
     gaps = [(a, b) for a, b in GAPS if a in rows and b in rows]
     if gaps:
         lines += ["", "| gap, paired by seed | mean | 95% interval | min-max | per seed |", "|---|---|---|---|---|"]
         for a, b in gaps:
             d = paired_difference(rows[a]["losses"], rows[b]["losses"])
-            lines.append(f"| {a} - {b} | {d['mean']:.4f} | {d['ci95'][0]:.4f} to {d['ci95'][1]:.4f} | "
+            lines.append(f"| {a} - {b} | {d['mean']:.4f} | {interval_text(d, nats)} | "
                          f"{d['min']:.4f} to {d['max']:.4f} | {', '.join(f'{x:.4f}' for x in d['diffs'])} |")
     lines += [""] + tuning
     print("\n" + "\n".join(lines))

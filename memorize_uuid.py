@@ -116,6 +116,18 @@ def spread(values: list[float]) -> dict:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+def spread_text(s: dict, show, with_range: bool = True) -> str:
+    """'mean ± std (min-max)' of a spread(); for one seed, a demo, the value alone: there is no spread to show."""
+    if s["n"] == 1:
+        return show(s["mean"])
+    return f"{show(s['mean'])} ± {show(s['std'])}" + (f" ({show(s['min'])}-{show(s['max'])})" if with_range else "")
+
+
+def interval_text(d: dict, show) -> str:
+    """The 95% interval of a paired_difference(); one seed has none."""
+    return f"{show(d['ci95'][0])} to {show(d['ci95'][1])}" if d["n"] > 1 else "none: one seed"
+
+
 def paired_difference(a: list[float], b: list[float]) -> dict:
     """a - b, paired by seed: mean, the 95% Student-t interval of the mean (none for one pair), min and max."""
     diffs = [x - y for x, y in zip(a, b)]
@@ -312,20 +324,18 @@ def report(summary: dict, tuning: list[str], floor: float, steps: list[int]) -> 
              "| method | trainable | lr | " + " | ".join(f"step {s}" for s in shown)
              + " | final exact match | stays >= 90% from step: median (range) |", "|---" * (len(shown) + 5) + "|"]
     for (method, rank), row in summary.items():
-        cells = [pct(a["mean"]) if n == 1 else f"{pct(a['mean'])} ± {pct(a['std'])} ({pct(a['min'])}-{pct(a['max'])})"
-                 for a in (row["char_acc"][s] for s in shown)]
+        cells = [spread_text(row["char_acc"][s], pct) for s in shown]
         crossing = reach_summary(row["reach_90"])
         exact = row["exact_match"][steps[-1]]
         lines.append(f"| {name_of(method, rank)} | {row['trainable_params']:,} | {row['lr']:g} | " + " | ".join(cells)
-                     + f" | {pct(exact['mean'])}" + (f" ± {pct(exact['std'])}" if n > 1 else "") + f" | {crossing} |")
+                     + f" | {spread_text(exact, pct, with_range=False)} | {crossing} |")
     pairs = [(m, r) for m, r in summary if m == "mora" and ("lora", r) in summary]
     if pairs:
         lines += ["", "Paired difference MoRA - LoRA of the mean character accuracy over checkpoints (points), per "
                       "seed:", "", "| rank | mean | 95% interval | min-max | per seed |", "|---|---|---|---|---|"]
         for _, rank in pairs:
             d = paired_difference(summary["mora", rank]["mean_acc"], summary["lora", rank]["mean_acc"])
-            interval = f"{pct(d['ci95'][0])} to {pct(d['ci95'][1])}" if n > 1 else "none: one seed"
-            lines.append(f"| {rank} | {pct(d['mean'])} | {interval} | "
+            lines.append(f"| {rank} | {pct(d['mean'])} | {interval_text(d, pct)} | "
                          f"{pct(d['min'])} to {pct(d['max'])} | {', '.join(pct(x) for x in d['diffs'])} |")
     return lines + ([""] + tuning if tuning else [])
 

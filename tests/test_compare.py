@@ -44,6 +44,9 @@ def test_tune_then_report_final_losses_and_paired_gaps(workdir, monkeypatch):
 
     monkeypatch.setattr(train, "main", lambda *a, **k: pytest.fail("a finished run was run again"))
     assert compare.main(args)["tables"] == results["tables"]
+    one_seed = compare.main([*args[:4], "--seeds", "1", *args[6:]])["tables"]  # a demo: no spread, no interval
+    assert "±" not in next(line for line in one_seed if line.startswith("| lora |"))
+    assert "| none: one seed |" in next(line for line in one_seed if line.startswith("| lora - mora |"))
 
 
 def test_reporting_the_tuning_seed_or_other_flags_is_refused():
