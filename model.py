@@ -11,7 +11,8 @@ there). No data, I/O or training code lives here; see train.py.
 """
 
 import math
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -20,13 +21,17 @@ import torch.nn.functional as F
 
 @dataclass
 class GPTConfig:
-    block_size: int = field(default=128, metadata={"help": "context length in tokens"})
-    vocab_size: int = field(default=257, metadata={"help": "set by the tokenizer"})
-    n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
-    n_head: int = field(default=4, metadata={"help": "attention heads per block"})
-    n_embd: int = field(default=128, metadata={"help": "model width"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout probability (0 for pretraining)"})
-    bias: bool = field(default=True, metadata={"help": "biases in linear layers and LayerNorms, as GPT-2"})
+    block_size: int = 128  # context length in tokens
+    vocab_size: int = 257  # 256 bytes + <|endoftext|>: train.py's offline tokenizer
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True  # biases in linear layers and LayerNorms, as GPT-2
+
+    @classmethod
+    def of(cls, values: dict) -> "GPTConfig":  # the model's fields out of a larger dict, such as a run's flags
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 class CausalSelfAttention(nn.Module):
@@ -129,7 +134,7 @@ class GPT(nn.Module):
             x = block(x, caches[i] if caches else None)
         x = self.ln_f(x)
         if targets is None:
-            return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab): only the next token is needed
+            return self.lm_head(x[:, -1:, :]), None  # (B, 1, vocab): only the next token is needed
         logits = self.lm_head(x)  # (B, T, vocab)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
@@ -214,7 +219,20 @@ class GPT(nn.Module):
                 logits = logits / temperature
                 if top_k is not None:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
+                    logits[logits < v[:, -1:]] = -float("inf")
                 idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
+
+
+def setup_device(device: str = "auto", dtype: str = "auto"):
+    """Device and precision, decided in one place for every script: (device, autocast context, dtype name)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = torch.device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if device.type == "cuda":  # TF32 for the float32 matmuls left outside autocast
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=getattr(torch, dtype))
+    return device, ctx, dtype

@@ -1,247 +1,311 @@
 """
-Train a GPT with full training, LoRA, MoRA, ReLoRA or ReMoRA: one loop for all five methods.
+Train a GPT with full training, LoRA, MoRA, ReLoRA or ReMoRA: one loop for all five methods, and its data.
 
     python train.py --method mora                          # laptop CPU, bundled corpus, about 3 minutes
     python train.py --method lora --rank 8                 # LoRA at the same trainable-parameter budget
     python train.py --method remora --merge_every 100      # ReMoRA: merge + restart the adapters every 100 steps
     python train.py --method mora --init_from resume       # continue out/mora after an interruption
-    python train.py --method full --data input.txt         # any UTF-8 text file
-    python train.py --method mora --init_from out/full/ckpt.pt --data facts.txt   # fine-tune a pretrained model
+    python train.py --method mora --init_from out/full/ckpt.pt --data facts.txt   # fine-tune; any UTF-8 text
+    python train.py --method mora --compress my_file:MyCompression               # a compression of your own
+    python train.py --method mora --init_from gpt2 --data input.txt --lr 1e-3    # GPT-2 weights (downloads once)
+    torchrun --standalone --nproc_per_node=8 train.py --method remora ...         # several GPUs, or CPU processes
 
-One CUDA GPU: fine-tune OpenAI's GPT-2 (downloaded once by transformers; tokenizer gpt2, downloaded once by
-tiktoken), or pretrain a GPT-2-small-sized model at the paper's rank ratio (r=128 on d=768):
-    python train.py --method mora --init_from gpt2 --data input.txt --batch_size 8 --lr 1e-3 --max_iters 2000
-    python train.py --method remora --n_layer 12 --n_head 12 --n_embd 768 --block_size 512 --batch_size 32 \\
-        --rank 128 --lr 2e-3 --warmup 500 --max_iters 10000 --merge_every 2000 --eval_interval 500 --compile
-Several GPUs (nccl), or several CPU processes (gloo):
-    torchrun --standalone --nproc_per_node=8 train.py --method remora ...
-
-Adapter methods pretrain the way the paper does (§5.3): every linear layer of the blocks gets an adapter, its base
-weight stays frozen at its random initialization, and the embeddings, LayerNorms and head train in full.
-From pretrained weights (--init_from gpt2 or PATH) only the adapters train. Each eval writes out_dir/ckpt.pt
-atomically; every figure that is printed also goes to out_dir/metrics.jsonl.
+Adapter methods pretrain as the paper does (§5.3): adapters on every linear layer of the blocks over base weights
+frozen at their random initialization, embeddings, LayerNorms and head training in full; from pretrained weights, only
+the adapters train. Nothing downloads by default (the Python docs bundled with CPython, a byte tokenizer).
 """
 
 import argparse
+import gc
+import importlib
 import json
 import math
 import os
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+import tiktoken
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import data
 import mora
-from model import GPT, PRETRAINED, GPTConfig
+from model import GPT, PRETRAINED, GPTConfig, setup_device
 
 METHODS = ("full", "lora", "mora", "relora", "remora")
 RESTART_METHODS = ("relora", "remora")
+MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "tokenizer")  # from scratch
+ADAPTER_FLAGS = ("method", "rank", "compress", "targets", "alpha", "merge_every", "restart_warmup")
 
 
-class UserError(Exception):
-    """A mistake in the flags, data or files, reported as one line (exit code 2) instead of a traceback."""
+class UserError(Exception):  # a mistake in the flags, data or files: one line (exit code 2), not a traceback
+    pass
 
+
+# --- Data: tokenizer, corpus, batches
+
+ENCODINGS = {"bytes": lambda: tiktoken.Encoding(  # 256 bytes + <|endoftext|>: nothing to download; add yours here
+    name="bytes", pat_str=r"(?s).{1,256}", mergeable_ranks={bytes([i]): i for i in range(256)},
+    special_tokens={"<|endoftext|>": 256})}
+
+
+def get_tokenizer(name: str) -> tiktoken.Encoding:
+    """An encoding of ENCODINGS, or a tiktoken encoding name ("gpt2", "cl100k_base": downloads once)."""
+    if name in ENCODINGS:
+        return ENCODINGS[name]()
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as e:  # unknown name, or the vocabulary cannot be downloaded
+        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]}"  # one line, however long the error
+        raise UserError(f"cannot load tiktoken encoding {name!r} ({reason}); tiktoken downloads it once, so run once "
+                        f"online, or use the offline default --tokenizer bytes") from None
+
+
+def load_corpus(path: str) -> str:
+    """The text of `path`, or of the Python documentation that ships inside every CPython (~465 KB of English)."""
+    if path == "pydoc":
+        from pydoc_data.topics import topics
+        return "\n\n".join(topics[key] for key in sorted(topics))
+    if not os.path.isfile(path):
+        raise UserError(f"--data {path}: no such file")
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--data {path}: not UTF-8 text (byte {e.start}); convert it, e.g. iconv -t utf-8") from None
+    if not text.strip():
+        raise UserError(f"--data {path}: the file is empty")
+    return text
+
+
+def prepare(args) -> dict[str, np.ndarray]:
+    """Token ids of the corpus, train and val (its last val_fraction), as uint16 (uint32 above 65,536 tokens)."""
+    enc = get_tokenizer(args.tokenizer)
+    ids = np.array(enc.encode_ordinary(load_corpus(args.data)), np.uint16 if enc.n_vocab <= 2**16 else np.uint32)
+    n_val = int(len(ids) * args.val_fraction)
+    splits = {"train": ids[:len(ids) - n_val], "val": ids[len(ids) - n_val:]}
+    for split, part in splits.items():
+        if len(part) < args.block_size + 2:
+            raise UserError(f"--data {args.data}: the {split} split has {len(part)} tokens, fewer than one block of "
+                            f"{args.block_size} + 1; use a smaller --block_size or a larger corpus")
+    return splits
+
+
+def get_batch(ids: np.ndarray, args, generator, device, rank=0, world=1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of the corpus: inputs x and next-token targets y, (B, T) each."""
+    starts = torch.randint(len(ids) - args.block_size - 1, (args.batch_size * world,), generator=generator)
+    starts = starts[rank * args.batch_size:(rank + 1) * args.batch_size]  # one draw for all: one state resumes all
+    windows = torch.from_numpy(np.stack([ids[i:i + args.block_size + 1] for i in starts.tolist()]).astype(np.int64))
+    x, y = windows[:, :-1], windows[:, 1:]  # y is x shifted by one token
+    if device.type == "cuda":  # pinned memory lets the copy overlap with the GPU's work
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# --- Flags: every setting of a run, printed and saved in its checkpoint
 
 def integer(text: str) -> int:  # also accepts 5e3
-    value = float(text)
-    if not value.is_integer():
+    if not float(text).is_integer():
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    return int(value)
+    return int(float(text))
 
 
 def positive(kind):
     def parse(text: str):
-        value = kind(text)
-        if value <= 0:
+        if kind(text) <= 0:
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
+        return kind(text)
     return parse
 
 
-def flag(default, help: str, **argparse_kwargs):
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
-
-
-@dataclass
-class DataConfig:
-    data: str = flag("pydoc", "UTF-8 text file to train on; 'pydoc' is the Python documentation bundled with CPython")
-    tokenizer: str = flag("auto", "auto: bytes from scratch, the pretrained model's otherwise; 'bytes' (offline) or a "
-                               "tiktoken encoding such as gpt2 (downloads once)")
-    val_fraction: float = flag(0.1, "the last fraction of the corpus, held out for validation")
-
-
-@dataclass
-class AdapterConfig:
-    method: str = flag("mora", "what trains", choices=METHODS)
-    rank: int = flag(8, "LoRA rank r; MoRA gets the same budget: a square M of side round(sqrt((in+out)*r))",
-                     type=positive(integer))
-    compress: str = flag("auto", "MoRA compression; auto: rotate below rank 128, share from 128 (as the paper)",
-                         choices=("auto", *mora.COMPRESSIONS))
-    targets: str = flag("query,key,value,output,up,down", "comma-separated names of the linear layers to adapt")
-    alpha: float = flag(None, "LoRA alpha (scaling alpha/r); default 2*rank", type=positive(float))
-    merge_every: int = flag(150, "ReLoRA/ReMoRA: merge and restart the adapters every this many steps",
-                            type=positive(integer))
-    restart_warmup: int = flag(10, "ReLoRA/ReMoRA: steps of linear lr re-warmup after each restart", type=integer)
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = flag(32, "sequences per micro-batch, per process", type=positive(integer))
-    grad_accum: int = flag(1, "micro-batches per optimizer step, per process", type=positive(integer))
-    lr: float = flag(1e-2, "peak learning rate", type=positive(float))
-    min_lr_ratio: float = flag(0.1, "the cosine schedule decays to lr * min_lr_ratio")
-    warmup: int = flag(50, "steps of linear lr warmup", type=integer)
-    max_iters: int = flag(600, "optimizer steps", type=positive(integer))
-    weight_decay: float = flag(0.1, "AdamW weight decay on weight matrices (never on adapters, norms, biases)")
-    beta2: float = flag(0.99, "AdamW beta2")
-    grad_clip: float = flag(1.0, "clip the gradient norm to this (0 = off)")
-    eval_interval: int = flag(100, "evaluate and save a checkpoint every this many steps", type=positive(integer))
-    eval_iters: int = flag(20, "batches per evaluation", type=positive(integer))
-    log_interval: int = flag(50, "print a training line every this many steps", type=positive(integer))
-    out_dir: str = flag(None, "where ckpt.pt and metrics.jsonl go; default out/<method>")
-    init_from: str = flag("scratch", "scratch, resume (out_dir/ckpt.pt), a GPT-2 name (gpt2, gpt2-medium, gpt2-large, "
-                                     "gpt2-xl; downloads once) or HuggingFace folder, or a full train.py checkpoint")
-    device: str = flag("auto", "auto (cuda > mps > cpu), or cpu, cuda, cuda:1, mps")
-    dtype: str = flag("auto", "auto: bfloat16 autocast on CUDA GPUs that support it, else float32",
-                      choices=("auto", "float32", "bfloat16", "float16"))
-    compile: bool = flag(False, "torch.compile the model (worth it on GPU)")
-    seed: int = flag(1337, "random seed", type=integer)
-
-
-@dataclass
-class Config:
-    model: GPTConfig
-    data: DataConfig
-    adapter: AdapterConfig
-    train: TrainConfig
-
-
-def parse_args(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
-    sections = {"model": GPTConfig, "data": DataConfig, "adapter": AdapterConfig, "train": TrainConfig}
-    for section, cls in sections.items():
-        group = parser.add_argument_group(section)
-        for f in fields(cls):
-            if f.name == "vocab_size":  # set by the tokenizer
-                continue
-            meta = dict(f.metadata)
-            if f.name == "block_size":  # open until the model is known: a pretrained model brings its own
-                meta["help"] += (f"; default {f.default} from scratch, the pretrained model's otherwise "
-                                 f"(smaller crops it)")
-                meta.update(default=None, type=positive(integer))
-            if isinstance(f.default, bool):
-                group.add_argument(f"--{f.name}", default=f.default, action=argparse.BooleanOptionalAction, **meta)
-            else:
-                meta.setdefault("type", integer if isinstance(f.default, int) else type(f.default or ""))
-                group.add_argument(f"--{f.name}", **{"default": f.default, **meta})
-    args = vars(parser.parse_args(argv))
-    cfg = Config(**{section: cls(**{f.name: args[f.name] for f in fields(cls) if f.name in args})
-                    for section, cls in sections.items()})
-    if cfg.train.init_from == "scratch":  # nothing pretrained to take them from
-        cfg.model.block_size = cfg.model.block_size or GPTConfig.block_size
-        cfg.data.tokenizer = "bytes" if cfg.data.tokenizer == "auto" else cfg.data.tokenizer
-        cfg.model.vocab_size = data.get_tokenizer(cfg.data.tokenizer).n_vocab
-    if cfg.adapter.compress == "auto":
-        cfg.adapter.compress = "share" if cfg.adapter.rank >= 128 else "rotate"
-    if cfg.train.out_dir is None:
-        cfg.train.out_dir = os.path.join("out", cfg.adapter.method)
-    if not 0 < cfg.data.val_fraction < 1:
-        parser.error(f"--val_fraction must be between 0 and 1, got {cfg.data.val_fraction}")
-    if cfg.model.n_embd % cfg.model.n_head:
-        parser.error(f"--n_embd {cfg.model.n_embd} must be a multiple of --n_head {cfg.model.n_head}")
-    return cfg
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Pieces that memorize_uuid.py and bench.py reuse.
-
-def setup_device(device: str = "auto", dtype: str = "auto"):
-    """Device and precision, decided in one place: (device, autocast context, dtype name)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    device = torch.device(device)
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=getattr(torch, dtype))
-    return device, ctx, dtype
-
-
-def adapt(model: GPT, adapter: AdapterConfig, pretraining: bool) -> GPT:
-    """Give `model` the adapters of adapter.method; for pretraining, keep embeddings, norms and head trainable."""
-    if adapter.method == "full":
-        return model
-    method = "lora" if adapter.method in ("lora", "relora") else "mora"
-    kwargs = {"alpha": adapter.alpha} if method == "lora" else {"compress": adapter.compress}
+def compression(spec: str):
+    """--compress: a name in mora.COMPRESSIONS, or module:Class, importable from where you run: a fork's own."""
+    if spec in mora.COMPRESSIONS:
+        return spec
     try:
-        mora.add_adapters(model, method, adapter.rank, [t.strip() for t in adapter.targets.split(",")], **kwargs)
+        module, _, name = spec.partition(":")
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UserError(f"--compress {spec}: neither one of {list(mora.COMPRESSIONS)} nor an importable module:Class "
+                        f"({type(e).__name__}: {e})") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
+    count, number = positive(integer), positive(float)
+    # the model from scratch (a pretrained one brings its own; --block_size may crop it), the data, what trains, the
+    # optimizer and schedule, evaluation and checkpoints, the system
+    p.add_argument("--n_layer", type=count, default=4, help="transformer blocks")
+    p.add_argument("--n_head", type=count, default=4, help="attention heads per block")
+    p.add_argument("--n_embd", type=count, default=128, help="model width")
+    p.add_argument("--block_size", type=count, help="context length; default 128 from scratch, else the model's")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout probability (0 for pretraining)")
+    p.add_argument("--data", default="pydoc", help="a UTF-8 text file; pydoc: the Python docs bundled with CPython")
+    p.add_argument("--tokenizer", default="bytes", help="bytes, or a tiktoken name: gpt2 (downloads once), ...")
+    p.add_argument("--val_fraction", type=float, default=0.1, help="the last fraction of the corpus, held out")
+    p.add_argument("--method", default="mora", choices=METHODS, help="what trains")
+    p.add_argument("--rank", type=count, default=8, help="LoRA rank r; MoRA gets its budget: r^ = sqrt((in+out) r)")
+    p.add_argument("--compress", default="auto", help="MoRA: auto (rotate, share from rank 128), a name, module:Class")
+    p.add_argument("--targets", default="query,key,value,output,up,down", help="names of the linear layers to adapt")
+    p.add_argument("--alpha", type=number, help="LoRA alpha (scaling alpha/r); default 2*rank")
+    p.add_argument("--merge_every", type=count, default=150, help="ReLoRA/ReMoRA: merge and restart every N steps")
+    p.add_argument("--restart_warmup", type=integer, default=10, help="ReLoRA/ReMoRA: lr re-warmup steps after each")
+    p.add_argument("--batch_size", type=count, default=32, help="sequences per micro-batch, per process")
+    p.add_argument("--grad_accum", type=count, default=1, help="micro-batches per optimizer step, per process")
+    p.add_argument("--lr", type=number, default=1e-2, help="peak learning rate")
+    p.add_argument("--min_lr_ratio", type=float, default=0.1, help="the cosine decays to lr * min_lr_ratio")
+    p.add_argument("--warmup", type=integer, default=50, help="steps of linear lr warmup")
+    p.add_argument("--max_iters", type=count, default=600, help="optimizer steps")
+    p.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay on weight matrices only")
+    p.add_argument("--beta2", type=float, default=0.99, help="AdamW beta2")
+    p.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
+    p.add_argument("--eval_interval", type=count, default=100, help="evaluate and checkpoint every N steps")
+    p.add_argument("--eval_iters", type=count, default=20, help="batches per evaluation")
+    p.add_argument("--log_interval", type=count, default=50, help="print a training line every N steps")
+    p.add_argument("--out_dir", help="where ckpt.pt and metrics.jsonl go; default out/<method>")
+    p.add_argument("--init_from", default="scratch", help="scratch, resume, gpt2 (or a HF folder), a full ckpt.pt")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), or cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="auto: bf16 if supported")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
+    p.add_argument("--seed", type=integer, default=1337, help="random seed")
+    args = p.parse_args(argv)
+    if args.n_embd % args.n_head:
+        p.error(f"--n_embd {args.n_embd} must be a multiple of --n_head {args.n_head}")
+    if args.compress == "auto":
+        args.compress = "share" if args.rank >= 128 else "rotate"
+    args.out_dir = args.out_dir or os.path.join("out", args.method)
+    args.block_size = args.block_size or (GPTConfig.block_size if args.init_from == "scratch" else None)
+    args.vocab_size = get_tokenizer(args.tokenizer).n_vocab if args.init_from == "scratch" else None
+    return args
+
+
+# --- The model: from scratch, from pretrained weights, or from a checkpoint; then adapted
+
+def adapt(model: GPT, args, pretraining: bool) -> GPT:
+    """Give `model` the adapters of args.method; for pretraining, keep embeddings, norms and head trainable."""
+    if args.method == "full":
+        return model
+    lora, targets = args.method in ("lora", "relora"), [t.strip() for t in args.targets.split(",")]
+    kwargs = {"alpha": args.alpha} if lora else {"compress": compression(args.compress)}
+    try:
+        mora.add_adapters(model, "lora" if lora else "mora", args.rank, targets, **kwargs)
     except ValueError as e:
-        raise UserError(f"--targets {adapter.targets}: {e}") from None
-    for name, layer in mora.adapter_layers(model).items():
-        n_adapter, n_layer = mora.count_trainable(layer), layer.in_features * layer.out_features
-        if n_adapter > n_layer:
-            raise UserError(f"--rank {adapter.rank} gives layer {name} ({layer.in_features} -> {layer.out_features}, "
-                            f"{n_layer:,} weights) an adapter of {n_adapter:,} parameters; lower --rank")
-    if pretraining:
+        raise UserError(f"--targets {args.targets}: {e}") from None
+    if pretraining:  # the head is tied to wte, so it trains with it
         for name, p in model.named_parameters():
-            if name.startswith(("wte.", "wpe.", "lm_head.")) or ".ln_" in name or name.startswith("ln_f."):
-                p.requires_grad_(True)
+            p.requires_grad_(p.requires_grad or name.startswith(("wte.", "wpe.", "ln_f.")) or ".ln_" in name)
     return model
 
 
-def get_lr(it: int, cfg: Config) -> float:
-    """Warmup, then cosine decay to lr * min_lr_ratio; ReLoRA/ReMoRA re-warm after every restart (jagged cosine)."""
-    t, lr = cfg.train, cfg.train.lr
-    if it < t.warmup:
-        return lr * (it + 1) / (t.warmup + 1)
-    progress = (it - t.warmup) / max(1, t.max_iters - t.warmup)
-    lr = lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-    since_restart = it % cfg.adapter.merge_every
-    restarted = cfg.adapter.method in RESTART_METHODS and it >= cfg.adapter.merge_every
-    if restarted and since_restart < cfg.adapter.restart_warmup:
-        lr *= (since_restart + 1) / (cfg.adapter.restart_warmup + 1)
+def build_model(args) -> tuple[GPT, dict | None]:
+    """The model of args and, on --init_from resume, the checkpoint to continue from. The architecture comes from the
+    pretrained model or the checkpoint when there is one, and goes into args, so that it is saved with the flags."""
+    checkpoint = load_checkpoint(os.path.join(args.out_dir, "ckpt.pt")) if args.init_from == "resume" else None
+    if checkpoint:
+        saved = checkpoint["config"]
+        args.init_from, args.block_size = saved["init_from"], args.block_size or saved["block_size"]
+        keys = ADAPTER_FLAGS + (MODEL_FLAGS if args.init_from == "scratch" else ())  # a fine-tune's came with it
+        mismatch = [f"--{k} {saved[k]} (this run: {getattr(args, k)})" for k in keys if saved[k] != getattr(args, k)]
+        if mismatch:
+            raise UserError(f"{args.out_dir}/ckpt.pt was trained with {', '.join(mismatch)}; pass the same flags")
+        model, args.tokenizer = GPT(GPTConfig.of(saved)), saved["tokenizer"]
+    elif args.init_from == "scratch":
+        model = GPT(GPTConfig.of(vars(args)))
+    else:
+        model, args.tokenizer = load_pretrained(args.init_from, args.dropout)
+        try:
+            model.crop_block_size(args.block_size or model.config.block_size)
+        except ValueError as e:
+            raise UserError(f"--block_size {args.block_size}: {e}") from None
+    vars(args).update(vars(model.config))
+    model = adapt(model, args, pretraining=args.init_from == "scratch")
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+    return model, checkpoint
+
+
+def load_pretrained(source: str, dropout: float, flag: str = "--init_from") -> tuple[GPT, str]:
+    """(model, its tokenizer) from GPT-2 weights (a PRETRAINED name, a HuggingFace folder) or a full train.py ckpt."""
+    if source in PRETRAINED or os.path.isdir(source):
+        try:
+            return GPT.from_pretrained(source, dropout), "gpt2"
+        except (ImportError, OSError, ValueError) as e:
+            raise UserError(f"{flag} {source}: {e}") from None
+    checkpoint = load_checkpoint(source)
+    if checkpoint["config"]["method"] != "full":
+        raise UserError(f"{flag} {source} is a {checkpoint['config']['method']} checkpoint; fine-tuning starts from "
+                        f"a full one (train it with --method full)")
+    model = GPT(GPTConfig.of(checkpoint["config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model, checkpoint["config"]["tokenizer"]
+
+
+# --- Training: the schedule, one optimizer step, restarts, evaluation, checkpoints
+
+def get_lr(it: int, args) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio; ReLoRA/ReMoRA re-warm after every restart (jagged)."""
+    if it < args.warmup:
+        return args.lr * (it + 1) / (args.warmup + 1)
+    progress = min(1.0, (it - args.warmup) / max(1, args.max_iters - args.warmup))
+    lr = args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    since_restart = it % args.merge_every
+    if args.method in RESTART_METHODS and it >= args.merge_every and since_restart < args.restart_warmup:
+        lr *= (since_restart + 1) / (args.restart_warmup + 1)  # the fresh adapters start from zero: ease them in
     return lr
 
 
+def train_step(model, optimizer, micro_batches: list, ctx, lr: float, grad_clip: float) -> torch.Tensor:
+    """One optimizer step, the only one in this project (memorize_uuid.py and the benchmark call it too): forward
+    under autocast and backward for each (x, y) micro-batch, clip, step. Returns the mean loss as a tensor (no sync)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    total = 0.0
+    for i, (x, y) in enumerate(micro_batches):
+        if isinstance(model, DDP):  # all-reduce the gradients once, after the last micro-batch, not after each
+            model.require_backward_grad_sync = i == len(micro_batches) - 1
+        with ctx:
+            _, loss = model(x, y)
+        loss = loss / len(micro_batches)  # gradients add up over micro-batches: this makes them the batch's mean
+        total += loss.detach()
+        loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
 def restart_adapters(model: GPT, optimizer: torch.optim.Optimizer) -> None:
-    """ReLoRA / ReMoRA: merge every adapter into its base weight, start fresh ones, and forget their Adam moments."""
+    """ReLoRA / ReMoRA: merge every adapter into W0, start fresh ones, and drop their Adam state (step count too, as
+    the authors do): its moments belong to the old adapter's directions, now in W0, and would push the new one on."""
     for layer in mora.adapter_layers(model).values():
         layer.restart()
         for p in layer.parameters():
             optimizer.state.pop(p, None)
 
 
-def weights_finite(model: torch.nn.Module) -> bool:
-    return bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
-
-
-def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   grad_clip: float) -> None:
-    """After backward(): clip the gradient norm (of unscaled fp16 gradients), step, and clear the gradients."""
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+@torch.no_grad()
+def evaluate(model, ids: np.ndarray, args, device, ctx) -> float:
+    """The mean loss over eval_iters batches from a fixed seed: every evaluation, and every method, sees the same."""
+    model.eval()
+    generator, total = torch.Generator().manual_seed(args.seed + 999), 0.0
+    for _ in range(args.eval_iters):
+        with ctx:
+            total += model(*get_batch(ids, args, generator, device))[1].item()
+    model.train()
+    return total / args.eval_iters
 
 
 def save_checkpoint(path: str, checkpoint: dict) -> None:
-    """Write to a temporary file, then rename: an interrupted save never leaves a partial checkpoint behind."""
-    tmp = f"{path}.tmp"
+    # Write, then rename: the rename is atomic, so Ctrl-C or a full disk mid-save leaves the last checkpoint whole.
     try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        torch.save(checkpoint, path + ".tmp")
+        os.replace(path + ".tmp", path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
 
 
 def load_checkpoint(path: str) -> dict:
@@ -254,277 +318,123 @@ def load_checkpoint(path: str) -> dict:
                         f"delete it or start over with --init_from scratch") from None
 
 
-def describe_mismatch(saved: dict, wanted: dict) -> str:
-    return ", ".join(f"--{k} {saved.get(k)} (this run: {v})" for k, v in wanted.items() if saved.get(k) != v)
+# --- The run: setup, loop, summary
 
-
-@torch.no_grad()
-def evaluate(model, files: dict, cfg: Config, device, ctx) -> dict[str, float]:
-    """Mean loss over eval_iters batches per split. The batches come from a fixed seed, so every evaluation (and
-    every method) sees the same windows."""
-    model.eval()
-    losses = {}
-    for split, file in files.items():
-        batches = data.Batches(file, cfg.model.block_size, cfg.train.batch_size, device, seed=cfg.train.seed + 999,
-                               source=cfg.data.data)
-        total = 0.0
-        for _ in range(cfg.train.eval_iters):
-            x, y = batches.next()
-            with ctx:
-                total += model(x, y)[1].item()
-        losses[split] = total / cfg.train.eval_iters
-    model.train()
-    return losses
-
-
-def format_time(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-
-
-def setup_distributed(device: str) -> tuple[bool, int, int, str]:
-    """(ddp, rank, world size, device) for a plain run or a torchrun process (nccl on CUDA, gloo on CPU)."""
-    if "RANK" not in os.environ:
-        return False, 0, 1, device
-    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    if cuda:
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(device)
-    return True, dist.get_rank(), dist.get_world_size(), device
-
-
-def check_writable(out_dir: str) -> None:
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write_test")
-        open(probe, "w").close()
-        os.remove(probe)
+def setup(args) -> SimpleNamespace:
+    """Everything a run needs, on every process: torchrun starts one per GPU (nccl) or per CPU worker (gloo)."""
+    run = SimpleNamespace(ddp="RANK" in os.environ, rank=0, world=1, device=args.device)
+    if run.ddp:
+        cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        run.rank, run.world = dist.get_rank(), dist.get_world_size()
+        if cuda:
+            run.device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(run.device)
+    run.device, run.ctx, run.dtype = setup_device(run.device, args.dtype)
+    torch.manual_seed(args.seed)  # the same on every process: ReMoRA's restarts draw the same permutations on each
+    run.raw_model, checkpoint = build_model(args)  # what is saved and restarted: compile and DDP wrap it below
+    run.iter_num, run.best_val = (checkpoint["iter_num"], checkpoint["best_val_loss"]) if checkpoint else (0, math.inf)
+    run.metrics = os.path.join(args.out_dir, "metrics.jsonl")
+    try:  # a resumed run keeps what was logged before its checkpoint, and only that: it reads as if never stopped
+        if run.rank == 0:
+            os.makedirs(args.out_dir, exist_ok=True)
+            old = open(run.metrics).readlines() if run.iter_num and os.path.exists(run.metrics) else []
+            with open(run.metrics + ".tmp", "w") as f:
+                f.writelines(line for line in old if json.loads(line).get("iter", -1) < run.iter_num)
+            os.replace(run.metrics + ".tmp", run.metrics)
     except OSError as e:
-        raise UserError(f"cannot write to --out_dir {out_dir} ({e.strerror}); pick another --out_dir") from None
+        raise UserError(f"cannot write to --out_dir {args.out_dir} ({e.strerror}); pick another") from None
+    run.data = prepare(args)
+    run.model = run.raw_model.to(run.device)
+    run.optimizer = run.model.configure_optimizers(args.weight_decay, args.lr, (0.9, args.beta2), run.device.type)
+    run.batch_order = torch.Generator().manual_seed(args.seed)  # its own: dropout cannot shift it
+    if checkpoint:
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])  # the next restart must draw what it would have drawn
+        run.batch_order.set_state(checkpoint["rng"]["batches"])
+    if args.compile:  # its parameters are named "_orig_mod.*": save raw_model, never this one
+        run.model = torch.compile(run.model)
+    if run.ddp:
+        run.model = DDP(run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    return run
 
 
-def build_model(cfg: Config, ckpt_path: str) -> tuple[GPT, dict | None]:
-    """The model of cfg: new (--init_from scratch), GPT-2 weights (a name or HuggingFace folder), a full train.py
-    checkpoint to fine-tune (PATH), or the run in ckpt_path (resume; returns that checkpoint too). Fills in what the
-    flags left open (--tokenizer auto, --block_size) from the pretrained model."""
-    t, resume = cfg.train, None
-    if t.init_from == "resume":
-        resume = load_checkpoint(ckpt_path)
-        saved = resume["config"]
-        t.init_from = saved["train"]["init_from"]  # what the interrupted run started from
-        if cfg.data.tokenizer == "auto":
-            cfg.data.tokenizer = saved["data"]["tokenizer"]
-        cfg.model.block_size = cfg.model.block_size or saved["model"]["block_size"]
-        cfg.model.vocab_size = saved["model"]["vocab_size"]
-        if t.init_from != "scratch":  # a fine-tune: its architecture came from the pretrained model
-            cfg.model = GPTConfig(**saved["model"])
-        mismatch = describe_mismatch({**saved["model"], **saved["adapter"], "tokenizer": saved["data"]["tokenizer"]},
-                                     {**asdict(cfg.model), **asdict(cfg.adapter), "tokenizer": cfg.data.tokenizer})
-        if mismatch:
-            raise UserError(f"{ckpt_path} was trained with {mismatch}; pass the same flags, or another --out_dir")
-        model = GPT(cfg.model)
-    elif t.init_from == "scratch":
-        model = GPT(cfg.model)
-    else:
-        model, own_tokenizer = load_pretrained(t.init_from, cfg.model.dropout)
-        cfg.data.tokenizer = pretrained_tokenizer(cfg.data.tokenizer, own_tokenizer, model,
-                                                  f"--init_from {t.init_from}")
-        if cfg.model.block_size:
-            try:
-                model.crop_block_size(cfg.model.block_size)
-            except ValueError as e:
-                raise UserError(f"--block_size {cfg.model.block_size}: {e}") from None
-        cfg.model = model.config  # the pretrained architecture wins over the other flags
-    model = adapt(model, cfg.adapter, pretraining=t.init_from == "scratch")
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-    return model, resume
+def log(run, text: str | None, **entry) -> None:  # print text, append entry to metrics.jsonl: on rank 0 only
+    if run.rank == 0 and text:
+        print(text)
+    if run.rank == 0 and entry:
+        with open(run.metrics, "a") as f:
+            f.write(json.dumps(entry) + "\n")
 
 
-def load_pretrained(source: str, dropout: float, flag: str = "--init_from") -> tuple[GPT, str]:
-    """(model, its tokenizer) from GPT-2 weights (a name in PRETRAINED or a HuggingFace folder) or from a full
-    train.py checkpoint; errors name `flag`."""
-    if source in PRETRAINED or os.path.isdir(source):
-        try:
-            return GPT.from_pretrained(source, dropout), "gpt2"
-        except (ImportError, OSError, ValueError) as e:
-            raise UserError(f"{flag} {source}: {e}") from None
-    pretrained = load_checkpoint(source)
-    saved = pretrained["config"]
-    if saved["adapter"]["method"] != "full":
-        raise UserError(f"{flag} {source} is a {saved['adapter']['method']} checkpoint; fine-tuning starts "
-                        f"from a full one (train it with --method full)")
-    model = GPT(GPTConfig(**saved["model"]))
-    model.load_state_dict(pretrained["model"])
-    return model, saved["data"]["tokenizer"]
+def train(run, args) -> tuple[float, int | None]:
+    """The loop, from run.iter_num to --max_iters: returns the last validation loss and the step it diverged at."""
+    t_last, since_log, loss_sum, val_loss = time.time(), 0, 0.0, math.nan
+    while True:
+        if run.iter_num % args.eval_interval == 0 or run.iter_num == args.max_iters:
+            val_loss = evaluate(run.model, run.data["val"], args, run.device, run.ctx)
+            run.best_val = min(run.best_val, val_loss)
+            log(run, f"step {run.iter_num}: val loss {val_loss:.4f}", kind="eval", iter=run.iter_num, val_loss=val_loss)
+            if run.iter_num > 0 and run.rank == 0:
+                save_checkpoint(os.path.join(args.out_dir, "ckpt.pt"), {
+                    "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(), "config": vars(args),
+                    "iter_num": run.iter_num, "best_val_loss": run.best_val,
+                    "rng": {"torch": torch.get_rng_state(), "batches": run.batch_order.get_state()}})
+            t_last = time.time()  # evaluation and saving stay out of ms/iter
+        if run.iter_num >= args.max_iters:
+            return val_loss, None
 
+        lr = get_lr(run.iter_num, args)
+        batches = [get_batch(run.data["train"], args, run.batch_order, run.device, run.rank, run.world)
+                   for _ in range(args.grad_accum)]
+        loss_sum += train_step(run.model, run.optimizer, batches, run.ctx, lr, args.grad_clip)
+        since_log, run.iter_num = since_log + 1, run.iter_num + 1
+        at_log = run.iter_num % args.log_interval == 0 or run.iter_num == args.max_iters
+        if at_log:  # float() waits for the GPU: only here, not at every step
+            loss, dt = float(loss_sum) / since_log, (time.time() - t_last) / since_log
+            log(run, f"iter {run.iter_num - 1}: loss {loss:.4f}, lr {lr:.1e}, {dt * 1000:.0f} ms/iter, eta "
+                     f"{dt * (args.max_iters - run.iter_num) / 60:.1f} min", kind="train", iter=run.iter_num - 1,
+                loss=loss, lr=lr, ms_per_iter=dt * 1000)
+            t_last, since_log, loss_sum = time.time(), 0, 0.0
+        at_restart = args.method in RESTART_METHODS and run.iter_num % args.merge_every == 0
+        at_restart = at_restart and run.iter_num < args.max_iters
+        # A diverged run stops before a restart could merge nan into W0 for good (every rank alike: equal weights).
+        if (at_log or at_restart) and not all(p.isfinite().all() for p in run.raw_model.parameters()):
+            log(run, f"iter {run.iter_num}: the weights are no longer finite: training diverged (lower --lr)",
+                kind="diverged", iter=run.iter_num)
+            return math.nan, run.iter_num
+        if at_restart:
+            restart_adapters(run.raw_model, run.optimizer)
+            log(run, f"iter {run.iter_num}: merged and restarted the adapters", kind="restart", iter=run.iter_num)
 
-def pretrained_tokenizer(requested: str, own: str, model: GPT, source: str) -> str:
-    """The tokenizer to fine-tune `model` with: its own for --tokenizer auto. Another must fit its vocabulary; a
-    train.py checkpoint takes only its own (a GPT-2 folder may have been trained with another BPE)."""
-    if requested == "auto":
-        return own
-    if own != "gpt2" and requested != own:
-        raise UserError(f"{source} uses --tokenizer {own}; pass the same")
-    n_vocab = data.get_tokenizer(requested).n_vocab
-    if n_vocab > model.config.vocab_size:
-        raise UserError(f"--tokenizer {requested} has {n_vocab:,} tokens, more than the {model.config.vocab_size:,} "
-                        f"of {source}")
-    return requested
-
-
-def restart_metrics(path: str, keep_before: int) -> None:
-    """Start metrics.jsonl afresh, keeping (on resume) what was logged before the checkpoint's iteration."""
-    resumed = keep_before > 0 and os.path.exists(path)
-    kept = [line for line in open(path) if json.loads(line).get("iter", -1) < keep_before] if resumed else []
-    with open(path + ".tmp", "w") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_args(argv)
-    t = cfg.train
-    ddp, rank, world, device = setup_distributed(t.device)
-    master = rank == 0
-    log = print if master else (lambda *args, **kwargs: None)
-    device, ctx, dtype = setup_device(device, t.dtype)
-    torch.manual_seed(t.seed)  # the same on every process: restarts draw identical new adapters everywhere
-    ckpt_path = os.path.join(t.out_dir, "ckpt.pt")
-    metrics_path = os.path.join(t.out_dir, "metrics.jsonl")
-    if master:
-        check_writable(t.out_dir)
-
-    model, resume = build_model(cfg, ckpt_path)
-    if not master:  # rank 0 tokenizes first; the others then find its cache
-        dist.barrier()
-    files = data.prepare(cfg.data.data, cfg.data.tokenizer, cfg.data.val_fraction)
-    if ddp and master:
-        dist.barrier()
-    model.to(device)
-    optimizer = model.configure_optimizers(t.weight_decay, t.lr, (0.9, t.beta2), device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
-    train_batches = data.Batches(files["train"], cfg.model.block_size, t.batch_size, device, seed=t.seed + rank,
-                                 source=cfg.data.data)
-    iter_num, best_val = 0, float("inf")
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        iter_num, best_val = resume["iter_num"], resume["best_val_loss"]
-        torch.set_rng_state(resume["rng"]["torch"])
-        train_batches.generator.set_state(resume["rng"]["batches"][rank])
-
-    raw_model = model
-    if t.compile:
-        model = torch.compile(model)
-    if ddp:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def record(entry: dict) -> None:
-        if master:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
-
-    if master:
-        restart_metrics(metrics_path, keep_before=iter_num)
-    record({"kind": "config", **asdict(cfg)})
-    n_trainable, n_total = mora.count_trainable(raw_model), raw_model.num_params()
-    tokens_per_iter = t.batch_size * t.grad_accum * world * cfg.model.block_size
-    log(f"config: {json.dumps(asdict(cfg))}")
-    log(f"device {device}, dtype {dtype}, {world} process(es), {tokens_per_iter:,} tokens/iter, "
-        f"{n_trainable:,} trainable of {n_total:,} parameters"
-        + (f", resuming at iter {iter_num}" if resume is not None else ""))
-
-    t_start = t_last = time.time()
-    iters_since_log, loss_sum = 0, torch.zeros((), device=device)
-    val_losses, diverged_at = None, None
-    restarts = cfg.adapter.method in RESTART_METHODS
-    try:
-        while True:
-            lr = get_lr(iter_num, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if iter_num % t.eval_interval == 0 or iter_num == t.max_iters:
-                losses = evaluate(model, files, cfg, device, ctx)
-                best_val = min(best_val, losses["val"])
-                log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                    f"val ppl {math.exp(losses['val']):.2f}")
-                record({"kind": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
-                        "val_ppl": math.exp(losses["val"])})
-                val_losses = losses["val"]
-                if iter_num > 0:
-                    batch_states = [train_batches.generator.get_state()]
-                    if ddp:
-                        gathered = [None] * world
-                        dist.all_gather_object(gathered, batch_states[0])
-                        batch_states = gathered
-                    if master:
-                        save_checkpoint(ckpt_path, {
-                            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "config": asdict(cfg), "iter_num": iter_num, "best_val_loss": best_val,
-                            "rng": {"torch": torch.get_rng_state(), "batches": batch_states}})
-                t_last = time.time()  # evaluation and saving stay out of ms/iter
-            if iter_num >= t.max_iters:
-                break
-
-            for micro in range(t.grad_accum):
-                if ddp:
-                    model.require_backward_grad_sync = micro == t.grad_accum - 1
-                x, y = train_batches.next()
-                with ctx:
-                    _, loss = model(x, y)
-                loss_sum += loss.detach() / t.grad_accum
-                scaler.scale(loss / t.grad_accum).backward()
-            optimizer_step(raw_model, optimizer, scaler, t.grad_clip)
-            iters_since_log += 1
-
-            at_log = (iter_num + 1) % t.log_interval == 0 or iter_num + 1 == t.max_iters
-            if at_log:
-                loss_value = loss_sum.item() / iters_since_log
-                now = time.time()
-                dt = (now - t_last) / iters_since_log
-                log(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.1e}, {dt * 1000:.0f} ms/iter, "
-                    f"{tokens_per_iter / dt / 1000:.1f}k tok/s, eta {format_time(dt * (t.max_iters - iter_num - 1))}")
-                record({"kind": "train", "iter": iter_num, "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
-                        "tokens_per_s": tokens_per_iter / dt})
-                t_last, iters_since_log, loss_sum = now, 0, torch.zeros((), device=device)
-            iter_num += 1
-            at_restart = restarts and iter_num % cfg.adapter.merge_every == 0 and iter_num < t.max_iters
-            if (at_log or at_restart) and not weights_finite(raw_model):  # the same on every DDP rank
-                log(f"iter {iter_num}: the weights are no longer finite: training diverged, stopping (lower --lr)")
-                record({"kind": "diverged", "iter": iter_num})
-                diverged_at, val_losses = iter_num, math.nan
-                break
-            if at_restart:
-                restart_adapters(raw_model, optimizer)
-                log(f"iter {iter_num}: merged and restarted {len(mora.adapter_layers(raw_model))} adapters")
-                record({"kind": "restart", "iter": iter_num})
-    except KeyboardInterrupt:
-        last = "no checkpoint was written yet" if not os.path.exists(ckpt_path) else \
-            f"{ckpt_path} holds the last checkpoint: continue with --init_from resume"
-        log(f"interrupted at iter {iter_num}; {last}")
-        sys.exit(130)
-
-    val_per_rank = [val_losses]
-    if ddp:
-        val_per_rank = [None] * world
-        dist.all_gather_object(val_per_rank, val_losses)
-        dist.barrier()  # nobody tears down while a peer still talks (gloo aborts on a closed connection)
+    args = parse_args(argv)
+    run = setup(args)
+    n_trainable, n_total = mora.count_trainable(run.raw_model), run.raw_model.num_params()
+    log(run, f"config: {json.dumps(vars(args))}", kind="config", **vars(args))
+    log(run, f"device {run.device}, dtype {run.dtype}, {run.world} process(es), {n_trainable:,} trainable of "
+             f"{n_total:,} parameters" + (f", resuming at iter {run.iter_num}" if run.iter_num else ""))
+    t_start = time.time()
+    val_loss, diverged_at = train(run, args)  # Ctrl-C leaves the last checkpoint whole: --init_from resume goes on
+    val_per_rank = [val_loss] * run.world
+    if run.ddp:
+        dist.all_gather_object(val_per_rank, val_loss)
+        # DDP holds the group in reference cycles; freed at exit, gloo aborts ("terminate called without an active ...")
+        run.model = None
+        gc.collect()
         dist.destroy_process_group()
-    summary = {"kind": "summary", "method": cfg.adapter.method, "trainable_params": n_trainable,
-               "total_params": n_total, "best_val_loss": best_val, "best_val_ppl": math.exp(best_val),
-               "final_val_loss": val_losses, "val_loss_per_rank": val_per_rank, "diverged_at": diverged_at,
-               "wall_time_s": time.time() - t_start}
-    log(f"done: method {cfg.adapter.method}, {n_trainable:,} trainable parameters, final val loss {val_losses:.4f} "
-        f"(ppl {math.exp(val_losses):.2f}; best {best_val:.4f}), wall time {format_time(summary['wall_time_s'])}")
-    record(summary)
+    summary = {"method": args.method, "trainable_params": n_trainable, "total_params": n_total,
+               "best_val_loss": run.best_val, "final_val_loss": val_loss, "val_loss_per_rank": val_per_rank,
+               "diverged_at": diverged_at, "wall_time_s": time.time() - t_start}
+    log(run, f"done: method {args.method}, {n_trainable:,} trainable parameters, final val loss {val_loss:.4f} "
+             f"(best {run.best_val:.4f}), {summary['wall_time_s'] / 60:.1f} min", kind="summary", **summary)
     return summary
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (UserError, data.DataError) as e:
+    except UserError as e:
         print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
         sys.exit(2)

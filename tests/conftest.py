@@ -1,10 +1,11 @@
-"""Shared fixtures: a tiny BPE tokenizer built offline, and a tiny HuggingFace GPT-2 saved to a folder."""
+"""Shared fixtures: a tiny BPE tokenizer built offline, a tiny HuggingFace GPT-2 saved to a folder, a working folder
+with a barely pretrained base model for the UUID experiment."""
 
 import pytest
 import tiktoken
 import torch
 
-import data
+import train
 
 # A few merges over the bytes, so that tokens are not one byte each and UUIDs split unevenly.
 MERGES = [b"4a", b"-4", b"ab", b"12", b"c3", b"f0", b"9d", b"e ", b"th", b"the", b"in", b"ab12", b"-8", b"00"]
@@ -21,18 +22,37 @@ def tiny_bpe() -> tiktoken.Encoding:
 @pytest.fixture
 def tiny_bpe_name(monkeypatch) -> str:
     """Registers the tiny BPE as --tokenizer tiny-bpe."""
-    monkeypatch.setitem(data.ENCODINGS, "tiny-bpe", tiny_bpe)
+    monkeypatch.setitem(train.ENCODINGS, "tiny-bpe", tiny_bpe)
     return "tiny-bpe"
 
 
 @pytest.fixture
-def tiny_gpt2_folder(tmp_path_factory, tiny_bpe_name) -> str:
-    """A randomly initialized 2-layer, 64-wide HuggingFace GPT-2 with the tiny BPE's vocabulary, saved by
-    save_pretrained() (as GPT.from_pretrained("gpt2") would find it after a download)."""
+def tiny_gpt2_folder(tmp_path_factory, monkeypatch) -> str:
+    """A randomly initialized 2-layer, 64-wide HuggingFace GPT-2 saved by save_pretrained() (as
+    GPT.from_pretrained("gpt2") would find it after a download), with the tiny BPE standing in for its tokenizer,
+    tiktoken's gpt2, which would download."""
     transformers = pytest.importorskip("transformers", reason="pip install transformers to run the GPT-2 tests")
+    monkeypatch.setitem(train.ENCODINGS, "gpt2", tiny_bpe)
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=tiny_bpe().n_vocab, n_positions=96, n_embd=64, n_layer=2, n_head=4,
                                      bos_token_id=0, eos_token_id=0)
     transformers.GPT2LMHeadModel(config).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working folder: out/ and base/ go there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_base(workdir):
+    """tiny_base(block_size) pretrains a barely trained 1-layer GPT into ./base, enough to fine-tune."""
+    def pretrain(block_size: int) -> None:
+        train.main(["--method", "full", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size",
+                    str(block_size), "--batch_size", "4", "--max_iters", "4", "--eval_interval", "4",
+                    "--eval_iters", "1", "--out_dir", "base"])
+    return pretrain

@@ -1,15 +1,13 @@
-"""memorize_uuid.py: the data, the metrics and statistics on hand-made inputs, and tiny end-to-end runs.
+"""memorize_uuid.py: the data and the metrics on hand-made inputs, and tiny end-to-end runs.
 
     python -m pytest -q tests/test_memorize_uuid.py
 """
 
-import json
 import re
 
 import pytest
 import torch
 
-import data
 import memorize_uuid
 import train
 
@@ -59,42 +57,8 @@ def test_sustained_step_is_where_the_curve_stays_above():
     assert memorize_uuid.sustained_step(curve(0.95, 0.96), 0.9) == 0
 
 
-def test_reach_summary_counts_not_reached_as_infinite():
-    assert memorize_uuid.reach_summary([500, 300, 400]) == "400 (300-500)"
-    assert memorize_uuid.reach_summary([500, None, None]) == "not reached (500-not reached)"
-    assert memorize_uuid.reach_summary([None, 300]) == "not reached (300-not reached)"  # median of 300 and infinity
-    assert memorize_uuid.reach_summary([700]) == "700" and memorize_uuid.reach_summary([None]) == "not reached"
-
-
-def test_paired_difference_and_its_interval():
-    d = memorize_uuid.paired_difference([0.9, 0.8, 0.7], [0.5, 0.5, 0.5])
-    assert d["diffs"] == pytest.approx([0.4, 0.3, 0.2]) and d["mean"] == pytest.approx(0.3)
-    assert d["std"] == pytest.approx(0.1) and (d["min"], d["max"]) == pytest.approx((0.2, 0.4))
-    half = 4.303 * 0.1 / 3 ** 0.5  # Student t with 2 degrees of freedom
-    assert d["ci95"] == pytest.approx((0.3 - half, 0.3 + half))
-    assert memorize_uuid.paired_difference([0.9], [0.5])["std"] == 0.0  # one seed: a demo, no interval
-
-
-def test_tuning_picks_the_best_rate_and_warns_at_an_edge():
-    assert memorize_uuid.pick_rate([1e-3, 1e-2, 1e-1], [0.2, 0.6, 0.4]) == (1e-2, None)
-    lr, warning = memorize_uuid.pick_rate([1e-2, 1e-1], [0.6, 0.4])
-    assert lr == 1e-2 and "edge of the grid" in warning
-
-
-def test_learning_rate_flags():
-    assert memorize_uuid.parse_lrs("1e-2,3e-2", ["lora", "mora"]) == {"lora": [1e-2, 3e-2], "mora": [1e-2, 3e-2]}
-    assert memorize_uuid.parse_lrs("lora=1e-2,mora=3e-2", ["lora", "mora"]) == {"lora": [1e-2], "mora": [3e-2]}
-    assert memorize_uuid.parse_lrs("lora=1e-3:1e-2,mora=3e-2", ["lora", "mora"]) == {"lora": [1e-3, 1e-2],
-                                                                                     "mora": [3e-2]}
-    with pytest.raises(train.UserError, match=r"no rate for \['full'\]"):
-        memorize_uuid.parse_lrs("lora=1e-2", ["full", "lora"])
-    for bad in ("1e-2,fast", "lora=1e-2=3e-2"):
-        with pytest.raises(train.UserError, match=f"--lrs {bad} is not a learning-rate grid"):
-            memorize_uuid.parse_lrs(bad, ["lora"])
-
-
 def test_encoding_masks_padding_and_puts_value_loss_on_the_value(tiny_bpe_name):
-    enc = data.get_tokenizer(tiny_bpe_name)
+    enc = train.get_tokenizer(tiny_bpe_name)
     pairs = memorize_uuid.make_pairs(20, seed=0)
     every = memorize_uuid.encode(pairs, enc, "all")
     lengths = {len(p) for p in every["prompts"]}
@@ -110,65 +74,35 @@ def test_encoding_masks_padding_and_puts_value_loss_on_the_value(tiny_bpe_name):
         assert kept == answer  # exactly the value's tokens and <eot>: the first value token included
 
 
-def tiny_base(block_size: int) -> None:
-    """A barely pretrained 1-layer GPT in ./base, enough to fine-tune."""
-    train.main(["--method", "full", "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
-                "--block_size", str(block_size), "--batch_size", "4", "--max_iters", "4", "--eval_interval", "4",
-                "--eval_iters", "1", "--out_dir", "base"])
-
-
-@pytest.fixture
-def workdir(tmp_path, tmp_path_factory, monkeypatch):
-    monkeypatch.setattr(data, "CACHE_DIR", tmp_path_factory.getbasetemp() / "data_cache")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def test_tuned_multi_seed_run_writes_every_field_and_resumes(workdir, monkeypatch):
+def test_demo_runs_each_method_once_and_reports_it(workdir, tiny_base, capsys):
     tiny_base(block_size=80)
-    args = ["--base", "base/ckpt.pt", "--methods", "lora,mora", "--ranks", "2", "--pairs", "6", "--steps", "4",
-            "--eval_every", "2", "--batch_size", "3", "--lrs", "1e-3,1e-2", "--seeds", "1,2", "--tag", "tiny"]
-    assert len(memorize_uuid.main(args + ["--tune_only"])["tuning"]) == 2
-    assert len(list((workdir / "out" / "uuid" / "runs").glob("*.json"))) == 4  # 2 methods x 2 rates on seed 0
-    results = memorize_uuid.main(args)
-    saved = json.load(open(workdir / "out" / "uuid" / "tiny" / "results.json"))
-    assert saved["tables"] == results["tables"] and len(saved["runs"]) == 4  # 2 methods x 2 reporting seeds
-    assert {run["seed"] for run in saved["runs"]} == {1, 2}  # the tuning seed 0 is not reported
-    assert len(list((workdir / "out" / "uuid" / "runs").glob("*.json"))) == 2 * 2 + 4  # + 2 methods x 2 rates
-    for run in saved["runs"]:
+    runs = memorize_uuid.main(["--base", "base/ckpt.pt", "--methods", "lora,mora", "--rank", "2", "--pairs", "6",
+                               "--steps", "4", "--eval_every", "2", "--batch_size", "3",
+                               "--lrs", "lora=1e-2,mora=3e-2"])
+    assert [(r["method"], r["lr"], r["seed"]) for r in runs] == [("lora", 1e-2, 1), ("mora", 3e-2, 1)]
+    for run in runs:
         assert [p["step"] for p in run["curve"]] == [0, 2, 4]
         assert all(0 <= p["char_acc"] <= 1 and 0 <= p["exact_match"] <= 1 for p in run["curve"])
         assert len(run["spectra"]) == 6 and 0.1 < run["format_floor"] < 0.5  # 6 pairs: a high floor
-    lora, mora_ = (next(r for r in saved["runs"] if r["method"] == m) for m in ("lora", "mora"))
+    lora, mora_ = runs
+    assert lora["spectra"]["h.0.attn.query"]["above_threshold"] <= 2  # a rank-2 update
     assert abs(mora_["trainable_params"] / lora["trainable_params"] - 1) < 0.1  # r=2 on d=32: 1,048 vs 1,152
-    assert any(line.startswith("| lora r=2 |") for line in saved["tables"])
-    assert any("Paired difference MoRA - LoRA" in line for line in saved["tables"])
-    assert sum("tuning seed 0" in line and "edge of the grid" in line for line in saved["tables"]) == 2
-
-    monkeypatch.setattr(memorize_uuid, "finetune", lambda *a, **k: pytest.fail("a finished run was run again"))
-    assert memorize_uuid.main(args)["tables"] == results["tables"]
-    one_seed = memorize_uuid.main(args[:-4] + ["--seeds", "1", "--tag", "tiny"])["tables"]  # a demo: no spread
-    assert "±" not in next(line for line in one_seed if line.startswith("| lora r=2 |"))
-    assert any("| none: one seed |" in line for line in one_seed)
+    out = capsys.readouterr().out
+    assert "one seed: a demo" in out and "| lora r=2 | 1,152 | 0.01 |" in out and "| mora r=2 | 1,048 | 0.03 |" in out
 
 
-def test_reporting_on_the_tuning_seed_is_refused(workdir):
-    with pytest.raises(SystemExit):
-        memorize_uuid.main(["--base", "base/ckpt.pt", "--seeds", "0,1", "--tune_seed", "0"])
+def test_finetune_steps_through_train_step(workdir, tiny_base, monkeypatch):
+    """The demo's loop is train.py's step: one call per fine-tuning step, with the schedule's rate."""
+    tiny_base(block_size=80)
+    calls, real_step = [], train.train_step
+    monkeypatch.setattr(train, "train_step", lambda *a, **k: calls.append(a[4]) or real_step(*a, **k))
+    memorize_uuid.main(["--base", "base/ckpt.pt", "--methods", "mora", "--rank", "2", "--pairs", "4", "--steps", "40",
+                        "--eval_every", "40", "--batch_size", "2"])
+    cfg = train.parse_args(["--method", "mora", "--lr", "3e-2", "--max_iters", "40", "--warmup", "2"])
+    assert calls == pytest.approx([train.get_lr(step, cfg) for step in range(40)])
 
 
-def test_base_must_hold_a_whole_example(workdir):
+def test_base_must_hold_a_whole_example(workdir, tiny_base):
     tiny_base(block_size=32)
     with pytest.raises(train.UserError, match="example needs 74"):
         memorize_uuid.main(["--base", "base/ckpt.pt", "--steps", "1"])
-
-
-def test_gpu_preset_code_path_on_gpt2_weights_with_bpe_in_bf16(workdir, tiny_gpt2_folder, tiny_bpe_name):
-    """--preset gpu's own path (GPT-2 weights from a HuggingFace folder, a BPE tokenizer, bf16 autocast, tuning on
-    a grid), at toy sizes on the CPU."""
-    results = memorize_uuid.main(["--preset", "gpu", "--base", tiny_gpt2_folder, "--tokenizer", tiny_bpe_name,
-                                  "--pairs", "4", "--steps", "2", "--eval_every", "1", "--batch_size", "2",
-                                  "--seeds", "1", "--lrs", "1e-3,1e-2", "--device", "cpu", "--dtype", "bfloat16"])
-    assert results["dtype"] == "bfloat16" and results["estimated_flops"] > 0
-    assert {(r["method"], r["seed"]) for r in results["runs"]} == {("full", 1), ("lora", 1), ("mora", 1)}
-    assert all(len(r["curve"]) == 3 for r in results["runs"])

@@ -6,8 +6,8 @@ Every check compares against an independent formulation, in float64 where number
 """
 
 import copy
+import functools
 import math
-import re
 
 import pytest
 import torch
@@ -158,10 +158,26 @@ def test_delta_weight_matches_explicit_construction(kind, n_in, n_out, r):
     torch.testing.assert_close(layer.adapter_forward(x), x @ expected_delta(layer).t(), atol=1e-10, rtol=0)
 
 
-def test_lora_delta_weight_is_scaled_b_times_a():
-    layer = make_adapter("lora", 48, 80, 4)
-    torch.testing.assert_close(layer.delta_weight(), layer.scaling * layer.lora_B @ layer.lora_A, atol=1e-12, rtol=0)
-    torch.testing.assert_close(layer.delta_weight(10, 30), layer.delta_weight()[:, 10:30], atol=0, rtol=0)
+@pytest.mark.parametrize("alpha,scale", [(None, 2.0), (3.0, 0.75)])  # r=4: the default alpha = 2r, and alpha = 3
+def test_lora_delta_weight_is_alpha_over_r_times_b_a(alpha, scale):
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(48, 80, dtype=F64), 4, alpha=alpha, dense=False)
+    nn.init.normal_(layer.lora_B)
+    torch.testing.assert_close(layer.delta_weight(), scale * layer.lora_B @ layer.lora_A, atol=1e-12, rtol=0)
+
+
+def test_dropout_applies_to_the_adapter_path_only():
+    layer = make_adapter("lora", 16, 24, 4)
+    layer.dropout = nn.Dropout(0.5)
+    x = torch.randn(5, 16, dtype=F64)
+    torch.manual_seed(1)
+    out = layer(x)
+    torch.manual_seed(1)  # the same mask, drawn by hand
+    dropped = F.dropout(x, 0.5, training=True)
+    W0, b, A, B = layer.base.weight, layer.base.bias, layer.lora_A, layer.lora_B
+    torch.testing.assert_close(out, x @ W0.t() + b + 2.0 * dropped @ A.t() @ B.t(), atol=1e-10, rtol=0)
+    layer.eval()  # no dropout at evaluation
+    torch.testing.assert_close(layer(x), F.linear(x, W0 + layer.delta_weight(), b), atol=1e-10, rtol=0)
 
 
 def test_no_input_feature_ignored_when_in_greater_than_out():
@@ -272,8 +288,7 @@ def test_merge_unmerge_roundtrip(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("n_in,n_out,r", SHAPES)
-def test_merge_in_blocks_of_rows_matches_the_operators(kind, n_in, n_out, r, monkeypatch):
-    monkeypatch.setattr(mora, "BLOCK_ELEMENTS", 100)  # several blocks of rows, the last one shorter
+def test_merge_matches_the_operators(kind, n_in, n_out, r):
     layer = make_adapter(kind, n_in, n_out, r)
     x = torch.randn(6, n_in, dtype=F64)
     w0, unmerged = layer.base.weight.detach().clone(), layer(x)  # through the adapter's operators
@@ -317,6 +332,24 @@ def test_bf16_merge_uses_fp32_delta(kind):
     layer.merge()
     assert layer.base.weight.dtype == torch.bfloat16
     assert torch.equal(layer.base.weight, (w0 + fp32.delta_weight()).bfloat16())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_merge_inside_a_bf16_autocast_region_builds_dw_in_float32(kind):
+    layer = make_adapter(kind, 64, 96, 4, dtype=torch.float32)
+    expected = layer.base.weight.detach() + layer.delta_weight().detach()  # outside autocast: float32 throughout
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer.merge()
+    torch.testing.assert_close(layer.base.weight, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_tensor_follows_the_layer_to_another_device(kind):
+    layer = make_adapter(kind, 40, 60, 4, dtype=torch.float32).to("meta")
+    tensors = [t for m in layer.modules() for t in [*vars(m).values(), *m._parameters.values(), *m._buffers.values()]
+               if isinstance(t, torch.Tensor)]
+    assert tensors and all(t.device.type == "meta" for t in tensors)
+    assert layer(torch.empty(3, 40, device="meta")).shape == (3, 60)
 
 
 def test_rotation_tables_follow_dtype_and_device():
@@ -381,7 +414,8 @@ def test_transformer_encoder_layer(method):
     model.eval()
     with torch.no_grad():  # torch's fused inference path reads .weight directly: it must see W + dW
         torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-5)
-        mora.merge_adapters(model)
+        for layer in mora.adapter_layers(model).values():
+            layer.merge()
         torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-5)
 
 
@@ -403,9 +437,16 @@ def test_adapter_state_dict_roundtrip(method):
     mora.load_adapter_state_dict(other, saved)
     tokens = torch.randint(0, 10, (3, 5))
     torch.testing.assert_close(other(tokens), model(tokens))
-    with pytest.raises(KeyError, match="missing.*unexpected.*bogus"):
+    with pytest.raises(ValueError, match=r"missing \['2.(M|lora_A)'\], unexpected \['bogus'\]"):
         first = next(iter(saved))
         mora.load_adapter_state_dict(other, {**{k: v for k, v in saved.items() if k != first}, "bogus": saved[first]})
+    other_rank = mora.adapter_state_dict(mora.add_adapters(small_mlp(), method, 2, targets=["2", "4"]))
+    with pytest.raises(RuntimeError, match="size mismatch for 2.(M|lora_A)"):
+        mora.load_adapter_state_dict(other, other_rank)
+    for layer in mora.adapter_layers(other).values():
+        layer.merge()
+    with pytest.raises(ValueError, match=r"merged layers \(unmerge them first\) \['2', '4'\]"):
+        mora.load_adapter_state_dict(other, saved)
 
 
 def test_bad_arguments_get_clear_errors():
@@ -413,8 +454,9 @@ def test_bad_arguments_get_clear_errors():
         mora.add_adapters(small_mlp(), "mora", 4, targets=["c_attn"])
     with pytest.raises(ValueError, match="method must be one of"):
         mora.add_adapters(small_mlp(), "dora", 4, targets=["2"])
-    with pytest.raises(ValueError, match="compress must be one of"):
-        MoRALinear(nn.Linear(8, 8), 2, compress="zip")
+    for bad in ("zip", 42):
+        with pytest.raises(ValueError, match="compress must be one of"):
+            MoRALinear(nn.Linear(8, 8), 2, compress=bad)
     with pytest.raises(ValueError, match="LoRA rank r must be a positive integer"):
         LoRALinear(nn.Linear(8, 8), 0)
     with pytest.raises(ValueError, match="already has adapters"):
@@ -456,7 +498,24 @@ def test_a_new_compression_forwards_merges_and_unmerges(n_in, n_out, r):
     torch.testing.assert_close(layer.base.weight, w0, atol=1e-12, rtol=0)
 
 
-def test_worked_example_shows_each_compression_and_its_rank():
-    text = mora.worked_example()
-    ranks = dict(re.findall(r"(\w+): rank (\d+)", text))
-    assert ranks == {"truncate": "4", "share": "4", "share_contiguous": "4", "decouple": "8", "rotate": "8"}
+class ScaledShare(mora.Share):
+    """A configurable compression: sharing, scaled by a constructor argument."""
+
+    def __init__(self, in_features, out_features, r_hat, scale=1.0):
+        super().__init__(in_features, out_features, r_hat)
+        self.scale = scale
+
+    def f_comp(self, x):
+        return super().f_comp(x) * self.scale
+
+
+def test_compress_takes_a_name_a_class_or_any_callable():
+    base = nn.Linear(768, 768)
+    assert MoRALinear(base, 8, compress="rotate").r_hat == 110  # rotation: r^ rounded down to even
+    assert MoRALinear(base, 8, compress=functools.partial(mora.Rotate)).r_hat == 110  # a partial keeps that
+    assert type(MoRALinear(base, 8, compress=PermutedShare).compression) is PermutedShare
+    layer = MoRALinear(nn.Linear(40, 60, dtype=F64), 4, compress=functools.partial(ScaledShare, scale=3.0))
+    plain = MoRALinear(nn.Linear(40, 60, dtype=F64), 4, compress="share")
+    nn.init.normal_(layer.M)
+    plain.M.data.copy_(layer.M)
+    torch.testing.assert_close(layer.delta_weight(), 3.0 * expected_delta(plain), atol=1e-10, rtol=0)

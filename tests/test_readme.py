@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import mora
+from experiments.worked_example import budget_table, worked_example
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -37,6 +38,9 @@ def test_adapter_example_on_this_projects_gpt(tmp_path, monkeypatch, capsys):
     assert set(torch.load("adapter.pt")) == {f"{layer}.{key}" for layer in layers for key in ("M", "in_perm",
                                                                                                 "out_perm")}
     assert not mora.adapter_layers(namespace["model"])
+    tokens = namespace["tokens"]  # the example trains next-token prediction, not the identity
+    logits, loss = namespace["model"](tokens[:, :-1], tokens[:, 1:])
+    assert logits.shape == (4, 64, 257)
 
 
 def test_huggingface_example_with_a_tiny_gpt2_in_place_of_the_download(tmp_path, monkeypatch):
@@ -54,12 +58,18 @@ def test_huggingface_example_with_a_tiny_gpt2_in_place_of_the_download(tmp_path,
     assert type(saved.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
 
 
-def test_worked_example_and_budget_table_are_what_mora_py_prints():
-    printed = subprocess.run([sys.executable, "mora.py"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert blocks("text")[0].rstrip() == mora.worked_example()
-    assert mora.worked_example() in printed
-    table = [line for line in printed.splitlines() if line.startswith("|")]
-    assert len(table) == 8 and "\n".join(table) in README
+def test_worked_example_and_budget_table_are_what_the_command_prints():
+    printed = subprocess.run([sys.executable, "-m", "experiments.worked_example"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout
+    assert printed == worked_example() + "\n\n" + budget_table() + "\n"
+    shown = blocks("text")[0].rstrip()
+    assert worked_example().startswith(shown + "\n\n") and shown.startswith("share: rank 4")
+    assert budget_table() in README
+
+
+def test_worked_example_shows_each_compression_and_its_rank():
+    ranks = dict(re.findall(r"(\w+): rank (\d+)", worked_example()))
+    assert ranks == {"truncate": "4", "share": "4", "share_contiguous": "4", "decouple": "8", "rotate": "8"}
 
 
 def test_ci_runs_the_readme_test_command():

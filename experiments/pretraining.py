@@ -3,10 +3,11 @@ Pretraining comparison (the paper's §5.3, Table 3): run train.py for several me
 rate on a tuning seed, then report the final validation loss of each at its rate over other seeds. Any other
 train.py flag passes through.
 
-    python compare.py --tune_only       # the five methods over a 5-rate grid on seed 0: CPU ~2 h
-    python compare.py                   # then 3 reporting seeds at each pick: ~65 min more
-    python compare.py --methods lora,mora --rank 21 --compress share --lrs 1e-3,3e-3,1e-2,3e-2 --tag share-r21
-    python compare.py --lrs 1e-3,3e-3,1e-2 --n_layer 12 --n_head 12 --n_embd 768 --max_iters 5000   # on a GPU
+    python -m experiments.pretraining --tune_only       # the five methods over a 5-rate grid on seed 0: CPU ~2 h
+    python -m experiments.pretraining                   # then 3 reporting seeds at each pick: ~65 min more
+    python -m experiments.pretraining --methods lora,mora --rank 21 --compress share --lrs 1e-3,3e-3,1e-2,3e-2 \
+        --tag share-r21
+    python -m experiments.pretraining --lrs 1e-3,3e-3,1e-2 --n_layer 12 --n_head 12 --n_embd 768 --max_iters 5000
 
 Protocol: the tuning seed picks the rate with the lowest final validation loss; its runs are never reported. The
 reported figure is the final validation loss (not the best over evaluations, which would be early stopping on the
@@ -21,10 +22,10 @@ import argparse
 import json
 import math
 import os
-from dataclasses import asdict
 
 import train
-from memorize_uuid import interval_text, paired_difference, pick_rate, pyplot, save_figure, spread, spread_text
+from experiments.harness import (interval_text, paired_difference, pick_rate, pyplot, run_main, save_figure,
+                                 spread, spread_text, write_json)
 
 GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "relora"), ("mora", "remora")]  # a - b, paired by seed
 
@@ -46,10 +47,8 @@ def finished(out_dir: str, flags: list[str]) -> list[dict] | None:
     if not os.path.exists(path):
         return None
     records = list(map(json.loads, open(path)))
-    config = {k: v for k, v in records[0].items() if k != "kind"}
-    wanted = asdict(train.parse_args(flags))
-    wanted["model"]["vocab_size"] = config["model"]["vocab_size"]  # set by the tokenizer
-    if config != wanted:
+    config = records[0] if records else {}  # the run's resolved flags: build_model adds what the model fixes
+    if any(config.get(k) != v for k, v in vars(train.parse_args(flags)).items()):
         raise train.UserError(f"{out_dir} holds a run with other flags; pass another --tag or delete that folder")
     return records if any(r["kind"] == "summary" for r in records) else None
 
@@ -144,17 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n" + "\n".join(lines))
     results = {"train_flags": train_flags, "lrs": lrs, "tune_seed": args.tune_seed, "seeds": seeds, "rows": rows,
                "tables": lines, "curves": curves}
-    tmp = os.path.join(root, "results.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, os.path.join(root, "results.json"))
+    write_json(os.path.join(root, "results.json"), results)
     figure = os.path.join(root, "pretraining.png")
     print(f"\nresults: {root}/results.json" + (f", figure: {figure}" if plot(curves, figure) else ""))
     return results
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (train.UserError, train.data.DataError) as e:
-        raise SystemExit(f"compare.py: error: {e}")
+    run_main(main, "experiments/pretraining.py")

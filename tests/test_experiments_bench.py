@@ -1,11 +1,12 @@
-"""bench.py runs and reports every figure it promises (tiny sizes; no timing is asserted).
+"""experiments/bench.py runs and reports every figure it promises (tiny sizes; no timing is asserted).
 
-    python -m pytest -q tests/test_bench.py
+    python -m pytest -q tests/test_experiments_bench.py
 """
 
 import torch
 
-import bench
+import train
+from experiments import bench
 
 TINY = {"tokens": (64, 16), "repeats": 1, "warmup": 0, "model_batch": 2, "dtype": "float32"}
 
@@ -48,11 +49,10 @@ def test_gpt2_memory_counts_only_adapters_as_trained():
 
 
 def test_an_adapter_step_gives_gradients_and_optimizer_state_to_adapters_only():
-    import train
     cfg = train.parse_args(["--method", "mora", "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--rank", "2"])
-    model = train.adapt(bench.GPT(cfg.model), cfg.adapter, pretraining=False)
+    model = train.adapt(bench.GPT(bench.GPTConfig(n_layer=1, n_embd=32, n_head=2)), cfg, pretraining=False)
     optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu")
-    idx = torch.randint(0, cfg.model.vocab_size, (2, 16))
+    idx = torch.randint(0, cfg.vocab_size, (2, 16))
     model(idx, idx)[1].backward()
     optimizer.step()
     adapters = {name for name, _ in model.named_parameters() if name.endswith(".M")}

@@ -1,9 +1,9 @@
 """
 Speed and memory of the adapters and of train.py's step, side by side. Prints markdown tables, writes JSON.
 
-    python bench.py --quick              # about a minute on a 2-core CPU
-    python bench.py                      # all shapes and ranks (CPU: about 22 minutes)
-    python bench.py --preset gpu         # one CUDA GPU: larger batches, bf16 autocast at model level
+    python -m experiments.bench --quick              # about a minute on a 2-core CPU
+    python -m experiments.bench                      # all shapes and ranks (CPU: about 22 minutes)
+    python -m experiments.bench --preset gpu         # one CUDA GPU: larger batches, bf16 autocast at model level
 
 Layer level, for the default GPT's shapes and LLaMA-2-7B's, at r = 8 and 256 (where the adapter fits the layer):
 forward + backward of a frozen nn.Linear, LoRALinear and MoRALinear with each compression; forward after merge();
@@ -27,7 +27,7 @@ import torch.nn as nn
 
 import mora
 import train
-from model import GPT, PRETRAINED, GPTConfig
+from model import GPT, PRETRAINED, GPTConfig, setup_device
 
 GPT_SHAPES = [(128, 128), (128, 512), (512, 128)]
 LLAMA_SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]
@@ -140,28 +140,22 @@ def layer_bench(shapes, ranks, preset, device) -> list[dict]:
 def model_bench(preset, device) -> list[dict]:
     """train.py's optimizer step on the default config, methods interleaved so that drift hits all alike. LoRA and
     MoRA run twice: with each layer's default route (dense for these small layers) and forced through the operators."""
-    _, ctx, dtype = train.setup_device(str(device), preset["dtype"])
+    _, ctx, dtype = setup_device(str(device), preset["dtype"])
     x = y = None
     models = {}
     for method, route in (("full", "-"), ("lora", "default"), ("mora", "default"), ("lora", "operators"),
                           ("mora", "operators")):
         cfg = train.parse_args(["--method", method, "--batch_size", str(preset["model_batch"])])
-        cfg.model.vocab_size = 257
         torch.manual_seed(0)
-        model = train.adapt(GPT(cfg.model), cfg.adapter, pretraining=True).to(device)
+        model = train.build_model(cfg)[0].to(device)  # as train.py builds it: adapters, embeddings trainable
         for layer in mora.adapter_layers(model).values():
             layer.dense = layer.dense and route == "default"
         models[method, route] = (model, model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device.type), cfg)
-        x = torch.randint(0, 257, (cfg.train.batch_size, cfg.model.block_size), device=device)
+        x = torch.randint(0, 257, (cfg.batch_size, cfg.block_size), device=device)
         y = torch.randint(0, 257, x.shape, device=device)
 
-    no_scaling = torch.amp.GradScaler(device.type, enabled=False)
-
-    def step(model, optimizer, cfg):  # as in train.py: forward, backward, clip, AdamW
-        with ctx:
-            _, loss = model(x, y)
-        loss.backward()
-        train.optimizer_step(model, optimizer, no_scaling, cfg.train.grad_clip)
+    def step(model, optimizer, cfg):  # train.py's own step: forward, backward, clip, AdamW
+        train.train_step(model, optimizer, [(x, y)], ctx, 1e-3, cfg.grad_clip)
 
     steps = [lambda args=args: step(*args) for args in models.values()]
     times = timed(steps, device, preset["repeats"] * 2, preset["warmup"])
@@ -186,7 +180,7 @@ def gpt2_memory(rank: int = 8) -> list[dict]:
             cfg = train.parse_args(["--method", method, "--rank", str(rank)])
             with torch.device("meta"):
                 model = train.adapt(GPT(GPTConfig(vocab_size=50257, block_size=1024, **PRETRAINED[name])),
-                                    cfg.adapter, pretraining=False)
+                                    cfg, pretraining=False)
             trainable = mora.count_trainable(model)
             rows.append({"model": name, "method": method, "total_params": model.num_params(),
                          "trainable_params": trainable, "grad_bytes": 4 * trainable, "adam_bytes": 8 * trainable})
@@ -269,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", choices=("cpu", "gpu"), help="default: gpu on a CUDA device, else cpu")
     parser.add_argument("--out", default=os.path.join("out", "bench"), help="folder for the JSON results")
     args = parser.parse_args(argv)
-    device, _, _ = train.setup_device(args.device)
+    device, _, _ = setup_device(args.device)
     name = "quick" if args.quick else args.preset or ("gpu" if device.type == "cuda" else "cpu")
     preset = PRESETS[name]
     shapes = GPT_SHAPES + (LLAMA_SHAPES[1:2] if args.quick else LLAMA_SHAPES)

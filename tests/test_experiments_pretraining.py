@@ -1,23 +1,22 @@
-"""compare.py: tuning on a held-out seed, final (not best) losses, paired gaps, resuming (tiny runs, CPU).
+"""experiments/pretraining.py: tuning on a held-out seed, final (not best) losses, paired gaps, resuming (tiny
+runs, CPU).
 
-    python -m pytest -q tests/test_compare.py
+    python -m pytest -q tests/test_experiments_pretraining.py
 """
 
 import json
 
 import pytest
 
-import compare
-import data
 import train
+from experiments import pretraining as compare
 
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
         "--eval_iters", "2", "--warmup", "2", "--max_iters", "6", "--eval_interval", "3", "--rank", "2"]
 
 
 @pytest.fixture(autouse=True)
-def workdir(tmp_path, tmp_path_factory, monkeypatch):
-    monkeypatch.setattr(data, "CACHE_DIR", tmp_path_factory.getbasetemp() / "data_cache")
+def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -1,0 +1,98 @@
+"""What the sweeps share: statistics over seeds, rate selection on a held-out seed, atomic result files, figures."""
+
+import json
+import math
+import os
+import statistics
+
+import train
+
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+# ^ the 97.5% quantile of Student's t with 1, 2, ..., 30 degrees of freedom (beyond: the normal's 1.96)
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def spread_text(s: dict, show, with_range: bool = True) -> str:
+    """'mean ± std (min-max)' of a spread(); for one seed, a demo, the value alone: there is no spread to show."""
+    if s["n"] == 1:
+        return show(s["mean"])
+    return f"{show(s['mean'])} ± {show(s['std'])}" + (f" ({show(s['min'])}-{show(s['max'])})" if with_range else "")
+
+
+def paired_difference(a: list[float], b: list[float]) -> dict:
+    """a - b, paired by seed: mean, the 95% Student-t interval of the mean (none for one pair), min and max."""
+    diffs = [x - y for x, y in zip(a, b)]
+    summary = spread(diffs)
+    n = len(diffs)
+    t = T_975[n - 2] if n - 2 < len(T_975) else 1.96
+    half = t * summary["std"] / math.sqrt(n) if n > 1 else math.nan
+    return {**summary, "ci95": (summary["mean"] - half, summary["mean"] + half), "diffs": diffs}
+
+
+def interval_text(d: dict, show) -> str:
+    """The 95% interval of a paired_difference(); one seed has none."""
+    return f"{show(d['ci95'][0])} to {show(d['ci95'][1])}" if d["n"] > 1 else "none: one seed"
+
+
+def parse_lrs(text: str, methods: list[str]) -> dict[str, list[float]]:
+    """'1e-2,3e-2': one grid for every method; 'lora=3e-3:1e-2,mora=3e-2': a grid (or one fixed rate) per method."""
+    try:
+        if "=" not in text:
+            return {m: [float(lr) for lr in text.split(",")] for m in methods}
+        grids = {m: [float(lr) for lr in lrs.split(":")] for m, lrs in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise train.UserError(f"--lrs {text} is not a learning-rate grid: write '1e-3,1e-2' (every method) or "
+                              f"'lora=1e-3:1e-2,mora=3e-2' (per method)") from None
+    missing = [m for m in methods if m not in grids]
+    if missing:
+        raise train.UserError(f"--lrs {text} gives no rate for {missing}")
+    return grids
+
+
+def pick_rate(grid: list[float], scores: list[float]) -> tuple[float, str | None]:
+    """The rate with the highest score, and a warning if it lacks a tried, worse neighbour on both sides."""
+    best = max(range(len(grid)), key=scores.__getitem__)
+    edge = len(grid) > 1 and (best == 0 or best == len(grid) - 1)
+    return grid[best], f"its best rate {grid[best]:g} is at the edge of the grid {grid}; widen it" if edge else None
+
+
+def write_json(path: str, obj) -> None:
+    """Write, then rename: a result file is whole or absent, never half-written."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def pyplot():
+    """matplotlib.pyplot drawing to files, or None without matplotlib (figures are optional)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("(pip install matplotlib for the figure)")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str) -> None:
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=110)
+    os.replace(path + ".tmp.png", path)  # never a half-written figure
+
+
+def run_main(main, name: str) -> None:
+    """A script's main(): a mistake in its flags or files ends it with one line, as in train.py."""
+    try:
+        main()
+    except train.UserError as e:
+        raise SystemExit(f"{name}: error: {e}")

@@ -1,0 +1,250 @@
+"""
+UUID memorization over seeds (memorize_uuid.py's experiment, the paper's §5.1): each (method, rank) picks its
+learning rate on --tune_seed, which is never reported; the --seeds runs then use that rate.
+
+    python -m experiments.memorize --methods lora,mora --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --tune_only        # 31 min
+    python -m experiments.memorize --methods full --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --tune_only             # 16 min
+    python -m experiments.memorize --methods full,lora,mora --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --seeds 1,2,3 --tag seeds
+    python -m experiments.memorize --methods lora,mora --ranks 16 \\
+        --lrs lora=1e-3:3e-3:1e-2:3e-2,mora=3e-3:1e-2:3e-2:1e-1      # a rank of the sweep below (r = 4, 16, 32)
+    python -m experiments.memorize --methods lora,mora --ranks 4,8,16,32 --tag ranks \\
+        --lrs lora=1e-3:3e-3:1e-2:3e-2,mora=3e-3:1e-2:3e-2:1e-1      # the rank sweep, from the cached runs
+    python -m experiments.memorize --preset gpu      # one GPU: GPT-2 (124M) from HuggingFace, 1,000 pairs
+
+Protocol: the tuning score is the mean character accuracy over the checkpoints; each seed draws its own pairs,
+adapter initialization and batch order. Every run is saved under out/uuid/runs/ under a key of everything that
+determines it (the pairs themselves, the base model's weights, the tokenizer, method, rank, rate, seed and
+flags), so an interrupted sweep continues and a changed experiment is never answered from the cache. Results:
+tables on stdout, out/uuid/<tag>/results.json and, with matplotlib, out/uuid/<tag>/memorize_uuid.png.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import statistics
+
+import torch
+
+import memorize_uuid
+import train
+from model import setup_device
+from experiments.harness import (interval_text, paired_difference, parse_lrs, pick_rate, pyplot, run_main,
+                                 save_figure, spread, spread_text, write_json)
+
+PRESETS = {  # flags override any of it
+    "cpu": {"base": None, "methods": "lora,mora", "seeds": "1",
+            "lrs": "full=3e-3,lora=1e-2,mora=3e-2"},  # the rates picked on seed 0 by the tuning commands (docs)
+    # 1,000 pairs x 122 random bits over GPT-2's 1.33M LoRA r=8 weights: 0.09 bits per parameter (paper: 0.06 at
+    # LLaMA-2-7B; CPU preset: 0.19), 96 epochs (paper: about 100). Rates: the CPU picks divided by 768 / 144.
+    "gpu": {"base": "gpt2", "methods": "full,lora,mora", "pairs": 1000, "steps": 1500, "batch_size": 64,
+            "eval_every": 150, "seeds": "1,2,3", "lrs": "3e-4,1e-3,3e-3,1e-2"},
+}
+H100_FLOPS = 989e12 * 0.4  # bf16 dense peak of an H100 SXM, at 40% utilization: the assumption of the estimate
+
+
+def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, device, ctx, label: str) -> dict:
+    """memorize_uuid.finetune(), or its saved result if this exact run finished before (a sweep continues)."""
+    examples = memorize_uuid.encode(memorize_uuid.make_pairs(args.pairs, seed), train.get_tokenizer(base["tokenizer"]),
+                                    args.loss_on)
+    memorize_uuid.check_fits(base, examples)  # before the cache: a base too short is an error, not a cached number
+    settings = {"base": base["source"], "base_weights": base["digest"], "tokenizer": base["tokenizer"],
+                "block_size": base["config"].block_size, "pairs": hashlib.sha256(json.dumps(
+                    [examples["values"], examples["prompts"]]).encode()).hexdigest(), "method": method, "rank": rank,
+                "lr": lr, "seed": seed, **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "loss_on",
+                                                                         "compress", "dtype", "sv_threshold")}}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    path = os.path.join("out", "uuid", "runs", f"{method}-r{rank}-lr{lr:g}-seed{seed}-{key}.json")
+    if os.path.exists(path):
+        return json.load(open(path))["run"]
+    run = memorize_uuid.finetune(base, examples, method, rank, lr, seed, args, device, ctx, label)
+    write_json(path, {"settings": settings, "run": run})
+    return run
+
+
+def estimate_flops(base: dict, args, tokens_per_example: int, n_runs: int) -> float:
+    """6 N per trained token (forward + backward; an upper bound for adapters, which skip the frozen weights'
+    gradients) and 2 N per token of greedy generation at each checkpoint; attention's extra terms are left out."""
+    train_tokens = args.steps * args.batch_size * tokens_per_example
+    eval_tokens = (args.steps // args.eval_every + 1) * args.pairs * tokens_per_example
+    return n_runs * base["params"] * (6 * train_tokens + 2 * eval_tokens)
+
+
+def mean_accuracy(run: dict) -> float:
+    return statistics.fmean(point["char_acc"] for point in run["curve"])
+
+
+def name_of(method: str, rank: int | None) -> str:
+    return method if method == "full" else f"{method} r={rank}"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def summarize(groups: dict, seeds: list[int], steps: list[int]) -> dict:
+    """Per (method, rank): accuracy over seeds at each checkpoint, the sustained-90% steps, mean accuracy per seed."""
+    summary = {}
+    for (method, rank), runs in groups.items():
+        summary[method, rank] = {
+            "lr": runs[0]["lr"], "trainable_params": runs[0]["trainable_params"],
+            "char_acc": {s: spread([r["curve"][i]["char_acc"] for r in runs]) for i, s in enumerate(steps)},
+            "exact_match": {s: spread([r["curve"][i]["exact_match"] for r in runs]) for i, s in enumerate(steps)},
+            "reach_90": [memorize_uuid.sustained_step(r["curve"], 0.9) for r in runs],
+            "mean_acc": [mean_accuracy(r) for r in runs], "seeds": seeds}
+    return summary
+
+
+def reach_summary(steps: list[int | None]) -> str:
+    """Median (min-max) over seeds of the sustained-crossing step; a seed that never stays above counts as infinite."""
+    values = sorted(math.inf if s is None else s for s in steps)
+    show = lambda v: "not reached" if v == math.inf else f"{v:g}"
+    if len(values) == 1:
+        return show(values[0])
+    return f"{show(statistics.median(values))} ({show(values[0])}-{show(values[-1])})"
+
+
+def report(summary: dict, tuning: list[str], floor: float, steps: list[int]) -> list[str]:
+    shown = sorted({steps[len(steps) // 4], steps[len(steps) // 2], steps[3 * len(steps) // 4], steps[-1]})
+    n = next(iter(summary.values()))["char_acc"][steps[0]]["n"]
+    over = "on one seed (a demo: no spread)" if n == 1 else f"mean ± std (min-max) over {n} seeds"
+    lines = [f"Character accuracy (%), {over}; format floor {pct(floor)}%, exact-match floor 0%:", "",
+             "| method | trainable | lr | " + " | ".join(f"step {s}" for s in shown)
+             + " | final exact match | stays >= 90% from step: median (range) |", "|---" * (len(shown) + 5) + "|"]
+    for (method, rank), row in summary.items():
+        cells = [spread_text(row["char_acc"][s], pct) for s in shown]
+        exact = row["exact_match"][steps[-1]]
+        lines.append(f"| {name_of(method, rank)} | {row['trainable_params']:,} | {row['lr']:g} | " + " | ".join(cells)
+                     + f" | {spread_text(exact, pct, with_range=False)} | {reach_summary(row['reach_90'])} |")
+    pairs = [(m, r) for m, r in summary if m == "mora" and ("lora", r) in summary]
+    if pairs:
+        lines += ["", "Paired difference MoRA - LoRA of the mean character accuracy over checkpoints (points), per "
+                      "seed:", "", "| rank | mean | 95% interval | min-max | per seed |", "|---|---|---|---|---|"]
+        for _, rank in pairs:
+            d = paired_difference(summary["mora", rank]["mean_acc"], summary["lora", rank]["mean_acc"])
+            lines.append(f"| {rank} | {pct(d['mean'])} | {interval_text(d, pct)} | "
+                         f"{pct(d['min'])} to {pct(d['max'])} | {', '.join(pct(x) for x in d['diffs'])} |")
+    return lines + ([""] + tuning if tuning else [])
+
+
+def spectra_lines(runs: list[dict]) -> list[str]:
+    lines = ["| method | seed | singular values > threshold, mean per layer | effective rank, mean per layer |",
+             "|---|---|---|---|"]
+    for run in runs:
+        stats = [s for s in run["spectra"].values() if s is not None]
+        values = (f"{statistics.fmean(s['above_threshold'] for s in stats):.1f} | "
+                  f"{statistics.fmean(s['effective_rank'] for s in stats):.1f}") if stats else "diverged | diverged"
+        lines.append(f"| {name_of(run['method'], run['rank'])} | {run['seed']} | {values} |")
+    return lines
+
+
+def plot(summary: dict, floor: float, steps: list[int], path: str) -> bool:
+    plt = pyplot()
+    if plt is None:
+        return False
+    ranks = sorted({r for _, r in summary if r is not None})
+    fig, axes = plt.subplots(1, 2 if len(ranks) > 1 else 1, figsize=(12 if len(ranks) > 1 else 6.5, 4.5),
+                             squeeze=False)
+    curves = axes[0][0]
+    for (method, rank), row in summary.items():
+        if len(ranks) > 1 and rank not in (None, 8):
+            continue
+        mean = [100 * row["char_acc"][s]["mean"] for s in steps]
+        line, = curves.plot(steps, mean, marker="o", ms=3, label=f"{name_of(method, rank)} (lr {row['lr']:g})")
+        curves.fill_between(steps, [100 * row["char_acc"][s]["min"] for s in steps],
+                            [100 * row["char_acc"][s]["max"] for s in steps], color=line.get_color(), alpha=0.2)
+    curves.axhline(100 * floor, color="gray", ls="--", label="format floor")
+    curves.set(xlabel="fine-tuning step", ylabel="character accuracy (%), mean and min-max over seeds",
+               title="UUID memorization", ylim=(0, 101))
+    if len(ranks) > 1:
+        sweep = axes[0][1]
+        for method, color in (("lora", "tab:blue"), ("mora", "tab:red")):
+            rows = [summary[method, r] for r in ranks if (method, r) in summary]
+            for step, style in ((steps[len(steps) // 2], "--"), (steps[-1], "-")):
+                sweep.semilogx([row["trainable_params"] for row in rows],
+                               [100 * row["char_acc"][step]["mean"] for row in rows], style, marker="o",
+                               color=color, label=f"{method} at step {step}")
+        sweep.axhline(100 * floor, color="gray", ls="--")
+        sweep.set(xlabel=f"trainable parameters (r = {', '.join(map(str, ranks))})", ylabel="character accuracy (%)",
+                  title="accuracy against budget", ylim=(0, 101))
+    save_figure(fig, path)
+    return True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    preset = argparse.ArgumentParser(add_help=False)
+    preset.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="sizes for a laptop CPU or one GPU")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False,
+                                     parents=[preset])
+    memorize_uuid.add_flags(parser)
+    parser.add_argument("--ranks", default="8", help="comma-separated LoRA ranks (MoRA gets the same budgets)")
+    parser.add_argument("--lrs", help="a grid tuned on --tune_seed ('3e-3,1e-2'), or per method 'lora=1e-3:1e-2,...'")
+    parser.add_argument("--tune_seed", type=train.integer, default=0, help="seed for picking rates; never reported")
+    parser.add_argument("--seeds", help="comma-separated seeds to report (not the tuning seed)")
+    parser.add_argument("--tune_only", action="store_true", help="stop after tuning (the sweep continues later)")
+    parser.add_argument("--tag", help="results folder under out/uuid/; default: the preset's name")
+    parser.set_defaults(**PRESETS[preset.parse_known_args(argv)[0].preset])
+    args = parser.parse_args(argv)
+    methods = args.methods.split(",")
+    if not set(methods) <= {"full", "lora", "mora"}:
+        parser.error(f"--methods takes full, lora and mora, got {args.methods}")
+    ranks, seeds = [int(r) for r in args.ranks.split(",")], [int(s) for s in args.seeds.split(",")]
+    if args.tune_seed in seeds:
+        parser.error(f"--seeds {args.seeds} contains --tune_seed {args.tune_seed}: the seed rates are picked on "
+                     f"is not reported")
+    grids = parse_lrs(args.lrs, methods)
+    out_dir = os.path.join("out", "uuid", args.tag or args.preset)
+
+    device, ctx, dtype = setup_device(args.device, args.dtype)
+    base = memorize_uuid.load_base(args.base)
+    base["digest"] = hashlib.sha256(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes()
+                                             for t in base["state"].values())).hexdigest()  # the weights themselves
+    plan = [(m, r) for m in methods for r in ([None] if m == "full" else ranks)]
+    n_runs = sum(len(grids[m]) for m, _ in plan if len(grids[m]) > 1) + len(plan) * len(seeds)
+    enc = train.get_tokenizer(base["tokenizer"])
+    pairs = memorize_uuid.make_pairs(args.pairs, seeds[0])
+    length = memorize_uuid.encode(pairs, enc, args.loss_on)["sequences"].shape[1]
+    flops = estimate_flops(base, args, length, n_runs)
+    print(f"{args.pairs} UUID pairs ({length} tokens each with padding), {args.steps} steps of {args.batch_size}, "
+          f"base {base['source']} ({base['params']:,} parameters), seeds {seeds}, tuning seed {args.tune_seed}, "
+          f"{n_runs} runs: about {flops / 1e15:.1f} PFLOP, {flops / H100_FLOPS / 60:.1f} minutes on one H100 at 40% "
+          f"of its bf16 peak (an estimate)")
+
+    def run(method, rank, lr, seed, label):
+        return cached_run(base, method, rank or 8, lr, seed, args, device, ctx, label)
+
+    groups, tuning, all_runs = {}, [], []
+    for method, rank in plan:
+        grid = grids[method]
+        lr = grid[0]
+        if len(grid) > 1:
+            tuned = [run(method, rank, g, args.tune_seed, f"[tune] {name_of(method, rank)} lr={g:g}") for g in grid]
+            lr, warning = pick_rate(grid, [mean_accuracy(t) for t in tuned])
+            tuning.append(f"tuning seed {args.tune_seed}, {name_of(method, rank)}: mean accuracy over checkpoints "
+                          + ", ".join(f"{pct(mean_accuracy(t))}% at {g:g}" for t, g in zip(tuned, grid))
+                          + f"; picked {lr:g}" + (f". WARNING: {warning}" if warning else ""))
+            print(tuning[-1])
+        if args.tune_only:
+            continue
+        groups[method, rank] = [run(method, rank, lr, s, f"{name_of(method, rank)} lr={lr:g} seed {s}") for s in seeds]
+        all_runs += groups[method, rank]
+
+    if args.tune_only:
+        return {"tuning": tuning}
+    steps = [point["step"] for point in all_runs[0]["curve"]]
+    floor = statistics.fmean(r["format_floor"] for r in all_runs)
+    summary = summarize(groups, seeds, steps)
+    lines = report(summary, tuning, floor, steps) + [""] + spectra_lines(all_runs)
+    print("\n" + "\n".join(lines))
+    results = {"args": vars(args), "base": base["source"], "dtype": dtype, "estimated_flops": flops,
+               "format_floor": floor, "tables": lines, "runs": all_runs,
+               "summary": [{"method": m, "rank": r, **row} for (m, r), row in summary.items()]}
+    write_json(os.path.join(out_dir, "results.json"), results)
+    figure = os.path.join(out_dir, "memorize_uuid.png")
+    print(f"\nresults: {out_dir}/results.json" + (f", figure: {figure}" if plot(summary, floor, steps, figure) else ""))
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main, "experiments/memorize.py")

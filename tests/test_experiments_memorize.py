@@ -1,0 +1,113 @@
+"""experiments/: the multi-seed UUID harness (statistics, tuning on a held-out seed, the run cache, the GPU preset's
+code path) on hand-made inputs and tiny runs.
+
+    python -m pytest -q tests/test_experiments_memorize.py
+"""
+
+import json
+
+import pytest
+
+import memorize_uuid
+import train
+from experiments import harness, memorize
+
+
+def test_paired_difference_and_its_interval():
+    d = harness.paired_difference([0.9, 0.8, 0.7], [0.5, 0.5, 0.5])
+    assert d["diffs"] == pytest.approx([0.4, 0.3, 0.2]) and d["mean"] == pytest.approx(0.3)
+    assert d["std"] == pytest.approx(0.1) and (d["min"], d["max"]) == pytest.approx((0.2, 0.4))
+    half = 4.303 * 0.1 / 3 ** 0.5  # Student t with 2 degrees of freedom
+    assert d["ci95"] == pytest.approx((0.3 - half, 0.3 + half))
+    assert harness.paired_difference([0.9], [0.5])["std"] == 0.0  # one seed: a demo, no interval
+
+
+def test_tuning_picks_the_best_rate_and_warns_at_an_edge():
+    assert harness.pick_rate([1e-3, 1e-2, 1e-1], [0.2, 0.6, 0.4]) == (1e-2, None)
+    lr, warning = harness.pick_rate([1e-2, 1e-1], [0.6, 0.4])
+    assert lr == 1e-2 and "edge of the grid" in warning
+
+
+def test_learning_rate_flags():
+    assert harness.parse_lrs("1e-2,3e-2", ["lora", "mora"]) == {"lora": [1e-2, 3e-2], "mora": [1e-2, 3e-2]}
+    assert harness.parse_lrs("lora=1e-2,mora=3e-2", ["lora", "mora"]) == {"lora": [1e-2], "mora": [3e-2]}
+    assert harness.parse_lrs("lora=1e-3:1e-2,mora=3e-2", ["lora", "mora"]) == {"lora": [1e-3, 1e-2],
+                                                                                     "mora": [3e-2]}
+    with pytest.raises(train.UserError, match=r"no rate for \['full'\]"):
+        harness.parse_lrs("lora=1e-2", ["full", "lora"])
+    for bad in ("1e-2,fast", "lora=1e-2=3e-2"):
+        with pytest.raises(train.UserError, match=f"--lrs {bad} is not a learning-rate grid"):
+            harness.parse_lrs(bad, ["lora"])
+
+
+def test_reach_summary_counts_not_reached_as_infinite():
+    assert memorize.reach_summary([500, 300, 400]) == "400 (300-500)"
+    assert memorize.reach_summary([500, None, None]) == "not reached (500-not reached)"
+    assert memorize.reach_summary([None, 300]) == "not reached (300-not reached)"  # median of 300 and infinity
+    assert memorize.reach_summary([700]) == "700" and memorize.reach_summary([None]) == "not reached"
+
+
+def test_the_cache_answers_only_the_same_experiment(workdir, tiny_base, monkeypatch):
+    """A fork that changes the pairs (or anything else that determines a run) must not be answered from the cache."""
+    tiny_base(block_size=80)
+    args = ["--base", "base/ckpt.pt", "--methods", "mora", "--ranks", "2", "--pairs", "4", "--steps", "2",
+            "--eval_every", "2", "--batch_size", "2", "--lrs", "1e-2", "--seeds", "1", "--tag", "t"]
+    memorize.main(args)
+    runs = workdir / "out" / "uuid" / "runs"
+    assert len(list(runs.glob("*.json"))) == 1
+    trained, real_finetune = [], memorize_uuid.finetune
+    monkeypatch.setattr(memorize_uuid, "finetune", lambda *a, **k: trained.append(a[1]["values"]) or
+                        real_finetune(*a, **k))
+    memorize.main(args)
+    assert trained == []  # the same experiment: reused
+    other = [("00000000-0000-4000-8000-%012d" % i, "11111111-1111-4111-8111-%012d" % i) for i in range(4)]
+    monkeypatch.setattr(memorize_uuid, "make_pairs", lambda n, seed: other[:n])
+    memorize.main(args)
+    assert trained == [[v for _, v in other]] and len(list(runs.glob("*.json"))) == 2  # other pairs: trained anew
+    tiny_base(block_size=32)  # the same path, now too short for an example: an error, not a cached number
+    with pytest.raises(train.UserError, match="example needs"):
+        memorize.main(args)
+
+
+def test_tuned_multi_seed_run_writes_every_field_and_resumes(workdir, tiny_base, monkeypatch):
+    tiny_base(block_size=80)
+    args = ["--base", "base/ckpt.pt", "--methods", "lora,mora", "--ranks", "2", "--pairs", "6", "--steps", "4",
+            "--eval_every", "2", "--batch_size", "3", "--lrs", "1e-3,1e-2", "--seeds", "1,2", "--tag", "tiny"]
+    assert len(memorize.main(args + ["--tune_only"])["tuning"]) == 2
+    assert len(list((workdir / "out" / "uuid" / "runs").glob("*.json"))) == 4  # 2 methods x 2 rates on seed 0
+    results = memorize.main(args)
+    saved = json.load(open(workdir / "out" / "uuid" / "tiny" / "results.json"))
+    assert saved["tables"] == results["tables"] and len(saved["runs"]) == 4  # 2 methods x 2 reporting seeds
+    assert {run["seed"] for run in saved["runs"]} == {1, 2}  # the tuning seed 0 is not reported
+    assert len(list((workdir / "out" / "uuid" / "runs").glob("*.json"))) == 2 * 2 + 4  # + 2 methods x 2 rates
+    for run in saved["runs"]:
+        assert [p["step"] for p in run["curve"]] == [0, 2, 4]
+        assert all(0 <= p["char_acc"] <= 1 and 0 <= p["exact_match"] <= 1 for p in run["curve"])
+        assert len(run["spectra"]) == 6 and 0.1 < run["format_floor"] < 0.5  # 6 pairs: a high floor
+    lora, mora_ = (next(r for r in saved["runs"] if r["method"] == m) for m in ("lora", "mora"))
+    assert abs(mora_["trainable_params"] / lora["trainable_params"] - 1) < 0.1  # r=2 on d=32: 1,048 vs 1,152
+    assert any(line.startswith("| lora r=2 |") for line in saved["tables"])
+    assert any("Paired difference MoRA - LoRA" in line for line in saved["tables"])
+    assert sum("tuning seed 0" in line and "edge of the grid" in line for line in saved["tables"]) == 2
+
+    monkeypatch.setattr(memorize_uuid, "finetune", lambda *a, **k: pytest.fail("a finished run was run again"))
+    assert memorize.main(args)["tables"] == results["tables"]
+    one_seed = memorize.main(args[:-4] + ["--seeds", "1", "--tag", "tiny"])["tables"]  # a demo: no spread
+    assert "±" not in next(line for line in one_seed if line.startswith("| lora r=2 |"))
+    assert any("| none: one seed |" in line for line in one_seed)
+
+
+def test_reporting_on_the_tuning_seed_is_refused(workdir):
+    with pytest.raises(SystemExit):
+        memorize.main(["--base", "base/ckpt.pt", "--seeds", "0,1", "--tune_seed", "0"])
+
+
+def test_gpu_preset_code_path_on_gpt2_weights_with_bpe_in_bf16(workdir, tiny_gpt2_folder):
+    """--preset gpu's own path (GPT-2 weights from a HuggingFace folder, a BPE tokenizer, bf16 autocast, tuning on
+    a grid), at toy sizes on the CPU."""
+    results = memorize.main(["--preset", "gpu", "--base", tiny_gpt2_folder,
+                             "--pairs", "4", "--steps", "2", "--eval_every", "1", "--batch_size", "2",
+                                  "--seeds", "1", "--lrs", "1e-3,1e-2", "--device", "cpu", "--dtype", "bfloat16"])
+    assert results["dtype"] == "bfloat16" and results["estimated_flops"] > 0
+    assert {(r["method"], r["seed"]) for r in results["runs"]} == {("full", 1), ("lora", 1), ("mora", 1)}
+    assert all(len(r["curve"]) == 3 for r in results["runs"])
