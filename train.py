@@ -331,7 +331,7 @@ def setup(args) -> SimpleNamespace:
             run.device = f"cuda:{os.environ['LOCAL_RANK']}"
             torch.cuda.set_device(run.device)
     run.device, run.ctx, run.dtype = setup_device(run.device, args.dtype)
-    torch.manual_seed(args.seed)  # the same on every process: ReMoRA's restarts draw the same permutations on each
+    torch.manual_seed(args.seed)  # the same on every process: restarts draw the same fresh adapters on each
     run.raw_model, checkpoint = build_model(args)  # what is saved and restarted: compile and DDP wrap it below
     run.iter_num, run.best_val = (checkpoint["iter_num"], checkpoint["best_val_loss"]) if checkpoint else (0, math.inf)
     run.metrics = os.path.join(args.out_dir, "metrics.jsonl")

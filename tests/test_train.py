@@ -5,7 +5,6 @@ restarts, resume, DDP, bad input.
 """
 
 import contextlib
-import copy
 import json
 import math
 import os
@@ -249,18 +248,33 @@ def test_finetune_from_a_pretrained_checkpoint_trains_adapters_only(tmp_path):
 
 # DDP -----------------------------------------------------------------------------------------------------------------
 
-def test_two_process_ddp_remora_run_agrees_across_ranks(tmp_path):
-    """Each rank merges its own adapters at every restart, with permutations drawn from its own RNG: only if every
-    rank draws the same ones do the ranks keep equal weights, and so equal losses on the same eval batches."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *TINY,
-               "--method", "remora", "--max_iters", "12", "--eval_interval", "6", "--merge_every", "4",
+@pytest.mark.parametrize("method", ["relora", "remora"])
+def test_two_process_ddp_restarts_keep_every_rank_equal(tmp_path, method):
+    """Each rank merges its own adapters at every restart and draws the fresh ones (ReLoRA's A, ReMoRA's
+    permutations) from its own RNG: only if every rank draws the same do the ranks end with equal weights."""
+    script = tmp_path / "run_and_save.py"  # train.py's main, then each rank saves its model
+    script.write_text(f"""import os, sys, torch
+sys.path.insert(0, {str(REPO)!r})
+import train
+loop = train.train
+def train_and_save(run, args):
+    result = loop(run, args)
+    torch.save(run.raw_model.state_dict(), os.path.join(args.out_dir, f"rank{{run.rank}}.pt"))
+    return result
+train.train = train_and_save
+train.main(sys.argv[1:])
+""")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               *TINY, "--method", method, "--max_iters", "12", "--eval_interval", "6", "--merge_every", "4",
                "--out_dir", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 process(es)" in result.stdout and len(records(tmp_path, "restart")) == 2
     (summary,) = records(tmp_path, "summary")
-    first, second = summary["val_loss_per_rank"]
-    assert first == second
+    assert summary["val_loss_per_rank"][0] == summary["val_loss_per_rank"][1]
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first if isinstance(first[k], torch.Tensor))
 
 
 # Bad input: one clear line, nothing half-written -------------------------------------------------------------------
@@ -355,6 +369,18 @@ def test_batches_are_next_token_windows_of_the_corpus(tmp_path):
     text = bytes(data["train"].tolist()).decode()  # byte tokens: the ids are the bytes
     for row_x, row_y in zip(x.tolist(), y.tolist()):
         assert bytes(row_x + row_y[-1:]).decode() in text and row_y[:-1] == row_x[1:]  # y is x shifted by one
+
+
+def test_each_rank_takes_its_own_share_of_one_draw():
+    """torchrun: the ranks split one draw of world * batch_size windows, so one generator state resumes them all."""
+    ids = (torch.arange(5000) % 250).numpy().astype("uint16")
+    args = train.parse_args(["--block_size", "8", "--batch_size", "3"])
+    shares = [train.get_batch(ids, args, torch.Generator().manual_seed(0), torch.device("cpu"), rank, 2)
+              for rank in (0, 1)]
+    args.batch_size = 6
+    x, y = train.get_batch(ids, args, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.equal(torch.cat([s[0] for s in shares]), x) and torch.equal(torch.cat([s[1] for s in shares]), y)
+    assert not torch.equal(shares[0][0], shares[1][0])
 
 
 def test_default_training_step_runs_every_layers_operators(monkeypatch):
