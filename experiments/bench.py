@@ -4,6 +4,7 @@ Speed and memory of the adapters and of train.py's step, side by side. Prints ma
     python -m experiments.bench --quick              # about a minute on a 2-core CPU
     python -m experiments.bench                      # all shapes and ranks (CPU: about 22 minutes)
     python -m experiments.bench --preset gpu         # one CUDA GPU: larger batches, bf16 autocast at model level
+    python -m experiments.bench --gpt2               # only the GPT-2-small fine-tuning step: a few minutes on CPU
 
 Layer level, for the default GPT's shapes and LLaMA-2-7B's, at r = 8 and 256 (where the adapter fits the layer):
 forward + backward of a frozen nn.Linear, LoRALinear and MoRALinear with each compression; forward after merge();
@@ -13,6 +14,12 @@ ms/iter and tokens/s of train.py's step for full, LoRA and MoRA, with each layer
 the operators. Small layers (up to mora.DENSE_MAX_WEIGHTS weights) run each adapter both ways: dense (W + dW, the
 default there) and through the adapter's own operators. GPT-2 small and medium: trainable parameters, gradient and
 AdamW bytes, counted on the meta device. Timings are medians over repeats, after warm-up; CUDA events on GPU.
+
+At the widths users fine-tune: one fine-tuning step of a GPT-2-small-shaped model (12 blocks, d=768, vocabulary
+50,257, random init, nothing downloads) with every projection adapted at r=8 and everything else frozen, for LoRA
+and each MoRA compression, interleaved; beside the measured ratio to LoRA, the floor that arithmetic sets (multiply-
+adds per token, forward and backward), and the operations dispatched (aten ops, views excluded: on a GPU each is a
+kernel launch), per step and per adapted 768 x 768 layer under bf16 autocast.
 """
 
 import argparse
@@ -24,17 +31,22 @@ import time
 
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mora
 import train
 from model import GPT, PRETRAINED, GPTConfig, setup_device
 
 GPT_SHAPES = [(128, 128), (128, 512), (512, 128)]
+GPT2_TARGETS = ["query", "key", "value", "output", "up", "down"]
 LLAMA_SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]
 PRESETS = {  # tokens per layer call (small, LLaMA-sized layers), repeats, model-level batch and dtype
-    "cpu": {"tokens": (4096, 512), "repeats": 7, "warmup": 2, "model_batch": 32, "dtype": "float32"},
-    "quick": {"tokens": (2048, 64), "repeats": 3, "warmup": 1, "model_batch": 16, "dtype": "float32"},
-    "gpu": {"tokens": (16384, 8192), "repeats": 20, "warmup": 5, "model_batch": 64, "dtype": "auto"},
+    "cpu": {"tokens": (4096, 512), "repeats": 7, "warmup": 2, "model_batch": 32, "dtype": "float32",
+            "gpt2_batch": (4, 128)},
+    "quick": {"tokens": (2048, 64), "repeats": 3, "warmup": 1, "model_batch": 16, "dtype": "float32",
+              "gpt2_batch": (2, 64)},
+    "gpu": {"tokens": (16384, 8192), "repeats": 20, "warmup": 5, "model_batch": 64, "dtype": "auto",
+            "gpt2_batch": (64, 128)},
 }
 
 
@@ -171,6 +183,85 @@ def model_bench(preset, device) -> list[dict]:
     return rows
 
 
+class DispatchCount(TorchDispatchMode):
+    """Counts the aten operations that run inside it, views excluded: on a GPU, each of the others is a kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def dispatched(fn) -> int:
+    with DispatchCount() as counter:
+        fn()
+    return counter.count
+
+
+def gpt2_macs(kind: str, r: int, tokens_per_sequence: int, d: int = 768, n_layer: int = 12, vocab: int = 50257) -> int:
+    """Multiply-adds per token of one GPT-2-small fine-tuning step, forward and backward, by arithmetic: each frozen
+    projection in x out twice (forward, input gradient), an adapter three times its forward (forward, input and
+    weight gradients), attention's scores and values 2 T d forward and twice that backward, the frozen head twice."""
+    total = n_layer * 3 * 2 * tokens_per_sequence * d + 2 * vocab * d
+    for n_in, n_out in [(d, d)] * 4 + [(d, 4 * d), (4 * d, d)]:
+        if kind == "lora":
+            adapter = r * (n_in + n_out)
+        else:
+            size = mora.r_hat(n_in, n_out, r, even=mora.COMPRESSIONS[kind].even_r_hat)
+            blocks = -(-n_in // size) if issubclass(mora.COMPRESSIONS[kind], mora.Decouple) else 1
+            adapter = blocks * size * size
+        total += n_layer * (2 * n_in * n_out + 3 * adapter)
+    return total
+
+
+def gpt2_step_bench(preset, device, n_layer: int = 12, d: int = 768, vocab: int = 50257) -> list[dict]:
+    """One fine-tuning step (train.train_step, AdamW) of a GPT-2-small-shaped model per adapter, interleaved."""
+    _, ctx, dtype = setup_device(str(device), preset["dtype"])
+    batch, length = preset["gpt2_batch"]
+    x = torch.randint(0, vocab, (batch, length), device=device)
+    kinds, steps = ["lora", *mora.COMPRESSIONS], []
+    for kind in kinds:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=length, vocab_size=vocab, n_layer=n_layer, n_head=d // 64, n_embd=d))
+        kwargs = {} if kind == "lora" else {"compress": kind}
+        mora.add_adapters(model, "lora" if kind == "lora" else "mora", 8, GPT2_TARGETS, **kwargs)
+        model.to(device)
+        optimizer = model.configure_optimizers(0.0, 1e-3, (0.9, 0.99), device.type)
+        steps.append(lambda model=model, optimizer=optimizer: train.train_step(model, optimizer, [(x, x)], ctx, 1e-3,
+                                                                                1.0))
+    times = timed(steps, device, preset["repeats"], preset["warmup"])
+    layer_x = torch.randn(batch, length, d, device=device, requires_grad=True)
+    rows = []
+    for kind, step, ms in zip(kinds, steps, times):
+        layer = make_layer(kind, d, d, 8, device, dense=False)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            layer_ops = dispatched(lambda: layer(layer_x).float().sum().backward())
+        rows.append({"kind": kind, "dtype": dtype, "ms_per_step": ms, "macs_per_token": gpt2_macs(kind, 8, length),
+                     "ops_per_step": dispatched(step), "ops_per_layer": layer_ops})
+    frozen = make_layer("base", d, d, 8, device, dense=None)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        frozen_ops = dispatched(lambda: frozen(layer_x).float().sum().backward())
+    return [{"kind": "frozen layer", "ops_per_layer": frozen_ops}] + rows
+
+
+def print_gpt2(rows: list[dict]) -> None:
+    print("\nFine-tuning step of a GPT-2-small-shaped model, every projection adapted at r=8 (random init)\n")
+    print("| adapter | dtype | ms/step | step / LoRA | floor / LoRA (multiply-adds) | ops per step "
+          "| ops per 768x768 layer, bf16 |")
+    print("|---" * 7 + "|")
+    lora = next(row for row in rows if row["kind"] == "lora")
+    for row in rows:
+        if "ms_per_step" not in row:
+            print(f"| {row['kind']} | — | — | — | — | — | {row['ops_per_layer']} |")
+            continue
+        print(f"| {row['kind']} | {row['dtype']} | {row['ms_per_step']:.0f} | "
+              f"{row['ms_per_step'] / lora['ms_per_step']:.2f} | {row['macs_per_token'] / lora['macs_per_token']:.2f} "
+              f"| {row['ops_per_step']:,} | {row['ops_per_layer']} |")
+
+
 def gpt2_memory(rank: int = 8) -> list[dict]:
     """Trainable parameters, their gradients and AdamW's two moments, in bytes (float32), for GPT-2 small and medium
     fine-tuned in full, with LoRA or with MoRA on every projection: counted on the meta device, nothing runs."""
@@ -261,6 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     parser.add_argument("--quick", action="store_true", help="fewer tokens, shapes and repeats: under a minute on CPU")
     parser.add_argument("--preset", choices=("cpu", "gpu"), help="default: gpu on a CUDA device, else cpu")
+    parser.add_argument("--gpt2", action="store_true", help="only the GPT-2-small fine-tuning step and op counts")
     parser.add_argument("--out", default=os.path.join("out", "bench"), help="folder for the JSON results")
     args = parser.parse_args(argv)
     device, _, _ = setup_device(args.device)
@@ -270,15 +362,18 @@ def main(argv: list[str] | None = None) -> dict:
     ranks = [8] if args.quick else [8, 256]
     machine = machine_name(device)
     print(f"bench: preset {name}, device {device} ({machine}), torch {torch.__version__}")
-    layers = layer_bench(shapes, ranks, preset, device)
-    models = model_bench(preset, device)
-    memory = gpt2_memory()
-    print_tables(layers, models)
-    print_memory(memory)
+    gpt2 = gpt2_step_bench(preset, device)
+    layers, models, memory = ([], [], []) if args.gpt2 else (layer_bench(shapes, ranks, preset, device),
+                                                              model_bench(preset, device), gpt2_memory())
+    if not args.gpt2:
+        print_tables(layers, models)
+        print_memory(memory)
+    print_gpt2(gpt2)
     results = {"preset": name, "device": str(device), "machine": machine, "torch": torch.__version__,
-               "date": time.strftime("%Y-%m-%d"), "layers": layers, "models": models, "gpt2_memory": memory}
+               "date": time.strftime("%Y-%m-%d"), "layers": layers, "models": models, "gpt2_memory": memory,
+               "gpt2_step": gpt2}
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"bench-{name}-{device.type}.json")
+    path = os.path.join(args.out, f"bench-{name}{'-gpt2' if args.gpt2 else ''}-{device.type}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=1)
     os.replace(path + ".tmp", path)

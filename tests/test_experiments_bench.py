@@ -58,3 +58,29 @@ def test_an_adapter_step_gives_gradients_and_optimizer_state_to_adapters_only():
     adapters = {name for name, _ in model.named_parameters() if name.endswith(".M")}
     assert {name for name, p in model.named_parameters() if p.grad is not None} == adapters
     assert {id(p) for p in optimizer.state} == {id(p) for name, p in model.named_parameters() if name in adapters}
+
+
+def test_dispatch_count_counts_operations_not_views():
+    a, b = torch.randn(4, 5), torch.randn(5, 3)
+    assert bench.dispatched(lambda: (a @ b).sum()) == 2  # mm, sum
+    assert bench.dispatched(lambda: a.t().unsqueeze(0)) == 0  # views only
+    assert bench.dispatched(lambda: a.t().contiguous()) == 1  # the copy
+
+
+def test_gpt2_floor_by_hand():
+    """Per token and block, adapters forward + backward (3x forward): LoRA r=8 on 4 x (768x768) + 768x3072 + 3072x768
+    is 3 * 8 * (4 * 1536 + 2 * 3840) = 331,776; MoRA rotate (r^ 110, 174, 174 over 7, 5 and 18 blocks) is
+    3 * (4 * 7 * 110^2 + 5 * 174^2 + 18 * 174^2) = 3,105,444; sharing (r^ 111, 175, 175, one block) 331,602."""
+    lora = bench.gpt2_macs("lora", 8, 128)
+    assert bench.gpt2_macs("rotate", 8, 128) - lora == 12 * (3_105_444 - 331_776)
+    assert bench.gpt2_macs("share", 8, 128) - lora == 12 * (331_602 - 331_776)
+    assert 1.12 < bench.gpt2_macs("rotate", 8, 128) / lora < 1.14  # the floor: MoRA rotate pays 13% more arithmetic
+
+
+def test_gpt2_step_bench_reports_every_adapter(capsys):
+    rows = bench.gpt2_step_bench(dict(TINY, gpt2_batch=(2, 16)), torch.device("cpu"), n_layer=1, d=64, vocab=100)
+    assert [row["kind"] for row in rows] == ["frozen layer", "lora", *bench.mora.COMPRESSIONS]
+    assert all(row["ms_per_step"] > 0 and row["ops_per_step"] > row["ops_per_layer"] > rows[0]["ops_per_layer"]
+               for row in rows[1:])
+    bench.print_gpt2(rows)
+    assert "| rotate | float32 |" in capsys.readouterr().out
