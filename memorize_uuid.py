@@ -160,10 +160,12 @@ def finetune(base: dict, examples: dict, method: str, rank: int, lr: float, seed
     optimizer = model.configure_optimizers(0.0, lr, (0.9, 0.99), device.type)  # no weight decay: facts must stay
     order = torch.Generator().manual_seed(seed)
     batches = torch.randperm(len(examples["values"]), generator=order)
+    sequences, targets = examples["sequences"].to(device), examples["targets"].to(device)  # copied once, not per step
     curve, t0, loss = [], time.time(), None
     for step in range(args.steps + 1):
         if step % args.eval_every == 0 or step == args.steps:
             char_acc, exact = evaluate(model, examples, enc, ctx)
+            loss = None if loss is None else float(loss)  # the only place that waits for the device
             curve.append({"step": step, "char_acc": char_acc, "exact_match": exact, "loss": loss})
             eta = (time.time() - t0) / max(step, 1) * (args.steps - step)
             print(f"{label}: step {step}/{args.steps}, loss {'-' if loss is None else f'{loss:.3f}'}, "
@@ -172,9 +174,9 @@ def finetune(base: dict, examples: dict, method: str, rank: int, lr: float, seed
             break
         if len(batches) < args.batch_size:  # a new epoch, in a new order
             batches = torch.cat((batches, torch.randperm(len(examples["values"]), generator=order)))
-        idx, batches = batches[:args.batch_size], batches[args.batch_size:]
-        x, y = examples["sequences"][idx, :-1].to(device), examples["targets"][idx].to(device)
-        loss = train.train_step(model, optimizer, [(x, y)], ctx, train.get_lr(step, cfg), cfg.grad_clip).item()
+        idx, batches = batches[:args.batch_size].to(device), batches[args.batch_size:]
+        batch = [(sequences[idx, :-1], targets[idx])]
+        loss = train.train_step(model, optimizer, batch, ctx, train.get_lr(step, cfg), cfg.grad_clip)  # no sync
 
     deltas = {name: layer.delta_weight() for name, layer in mora.adapter_layers(model).items()}
     deltas.update({name: model.get_submodule(name).weight - w0 for name, w0 in before.items()})
