@@ -221,7 +221,7 @@ def gpt2_step_bench(preset, device, n_layer: int = 12, d: int = 768, vocab: int 
     """One fine-tuning step (train.train_step, AdamW) of a GPT-2-small-shaped model per adapter, interleaved."""
     _, ctx, dtype = setup_device(str(device), preset["dtype"])
     batch, length = preset["gpt2_batch"]
-    x = torch.randint(0, vocab, (batch, length), device=device)
+    x, y = (torch.randint(0, vocab, (batch, length), device=device) for _ in range(2))  # random tokens: cost only
     kinds, steps = ["lora", *mora.COMPRESSIONS], []
     for kind in kinds:
         torch.manual_seed(0)
@@ -230,21 +230,21 @@ def gpt2_step_bench(preset, device, n_layer: int = 12, d: int = 768, vocab: int 
         mora.add_adapters(model, "lora" if kind == "lora" else "mora", 8, GPT2_TARGETS, **kwargs)
         model.to(device)
         optimizer = model.configure_optimizers(0.0, 1e-3, (0.9, 0.99), device.type)
-        steps.append(lambda model=model, optimizer=optimizer: train.train_step(model, optimizer, [(x, x)], ctx, 1e-3,
+        steps.append(lambda model=model, optimizer=optimizer: train.train_step(model, optimizer, [(x, y)], ctx, 1e-3,
                                                                                 1.0))
     times = timed(steps, device, preset["repeats"], preset["warmup"])
     layer_x = torch.randn(batch, length, d, device=device, requires_grad=True)
-    rows = []
-    for kind, step, ms in zip(kinds, steps, times):
-        layer = make_layer(kind, d, d, 8, device, dense=False)
+
+    def layer_ops(kind: str, dense: bool | None) -> int:  # one d x d layer's forward + backward under bf16 autocast
+        layer, layer_x.grad = make_layer(kind, d, d, 8, device, dense), None  # no accumulation into an old grad
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            layer_ops = dispatched(lambda: layer(layer_x).float().sum().backward())
+            return dispatched(lambda: layer(layer_x).float().sum().backward())
+
+    rows = [{"kind": "frozen layer", "ops_per_layer": layer_ops("base", None)}]
+    for kind, step, ms in zip(kinds, steps, times):
         rows.append({"kind": kind, "dtype": dtype, "ms_per_step": ms, "macs_per_token": gpt2_macs(kind, 8, length),
-                     "ops_per_step": dispatched(step), "ops_per_layer": layer_ops})
-    frozen = make_layer("base", d, d, 8, device, dense=None)
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        frozen_ops = dispatched(lambda: frozen(layer_x).float().sum().backward())
-    return [{"kind": "frozen layer", "ops_per_layer": frozen_ops}] + rows
+                     "ops_per_step": dispatched(step), "ops_per_layer": layer_ops(kind, False)})
+    return rows
 
 
 def print_gpt2(rows: list[dict]) -> None:

@@ -82,5 +82,10 @@ def test_gpt2_step_bench_reports_every_adapter(capsys):
     assert [row["kind"] for row in rows] == ["frozen layer", "lora", *bench.mora.COMPRESSIONS]
     assert all(row["ms_per_step"] > 0 and row["ops_per_step"] > row["ops_per_layer"] > rows[0]["ops_per_layer"]
                for row in rows[1:])
+    for row in rows:  # each layer counted alone, on an input with no gradient from the layers counted before it
+        layer, x = bench.make_layer(row["kind"].replace("frozen layer", "base"), 64, 64, 8, "cpu", dense=False), \
+            torch.randn(2, 16, 64, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert row["ops_per_layer"] == bench.dispatched(lambda: layer(x).float().sum().backward()), row["kind"]
     bench.print_gpt2(rows)
     assert "| rotate | float32 |" in capsys.readouterr().out
