@@ -1,22 +1,12 @@
 """
-LoRA and MoRA adapters for any linear layer, with exact merge and ReLoRA / ReMoRA restarts.
+LoRA and MoRA adapters for any linear layer, with exact merge and ReLoRA / ReMoRA restarts (the README draws both).
 
-  LoRA (Hu et al. 2021)                        MoRA (Jiang et al. 2024, arXiv 2405.12130, §4)
+  LoRA (Hu et al. 2021):     h = W0 x + (alpha / r) B A x       trainable r (in + out);     rank(dW) <= r
+  MoRA (Jiang et al. 2024):  h = W0 x + f_decomp(M f_comp(x))   trainable r^2 ~ r (in + out); rank(dW) <= min(in, out)
 
-  h = W0 x + (alpha/r) B A x                   h = W0 x + f_decomp(M f_comp(x))
-
-  x --+--------------> W0 -----+               x --+------------------------------> W0 -----+
-      |                        |                   |                                         |
-      +--> A --> B --> *a/r -> + --> h             +--> f_comp --> M --> f_decomp ---------> + --> h
-          r x in  out x r                               in -> r^   r^xr^   r^ -> out
-          kaiming zeros                                 (fixed)    zeros   (fixed)
-
-  trainable: r (in + out)                      trainable: r^2  with  r^ = round(sqrt((in + out) r))
-  rank(dW) <= r                                rank(dW) up to min(in, out)   (r^ rounded down to even for "rotate")
-
-Every map is linear, so the update is a real (out, in) matrix dW whose column i is the adapter path applied to the
-unit input e_i: delta_weight() builds it so, through the operators forward() runs, and merge() adds it to W0.
-Read top down: r^, the compressions, the adapters; then the engineering, and the model-level helpers.
+B A and M start at zero; f_comp (in -> r^) and f_decomp (r^ -> out) are fixed. Every map is linear, so the update is a
+real (out, in) matrix dW (column i: the adapter path applied to the unit input e_i) that merge() adds to W0.
+Read top down: r^, the compressions, the adapters; then the engineering (same numbers, faster); model helpers.
 """
 
 import math
@@ -38,11 +28,9 @@ def r_hat(in_features: int, out_features: int, r: int, even: bool = False) -> in
 # --- MoRA's compressions: fixed linear maps around M
 
 class Compression(nn.Module):
-    """MoRA's parameter-free maps around M, which acts on the last dimension of every block in between:
-        f_comp    (..., in)              -> (..., blocks, r^)
-        f_decomp  (..., blocks, r^)      -> (..., out)
-    A new compression subclasses this and defines the two maps (set even_r_hat if r^ must be even); MoRALinear builds
-    dW, merges and restarts from them alone. On the dense route (small layers), f_comp sees the identity matrix."""
+    """MoRA's fixed maps around M: f_comp (..., in) -> (..., blocks, r^) and f_decomp (..., blocks, r^) -> (..., out).
+    A new compression subclasses this and defines the two (block_matrices too if the blocks do not all see M;
+    even_r_hat if r^ must be even); MoRALinear builds dW, merges and restarts from them alone."""
 
     even_r_hat = False
 
@@ -50,11 +38,16 @@ class Compression(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.r_hat = in_features, out_features, r_hat
 
+    def block_matrices(self, M: torch.Tensor) -> torch.Tensor:  # what multiplies each block: M (r^, r^) for all
+        return M
+
 
 def cycle(x: torch.Tensor, length: int) -> torch.Tensor:
     """(..., n) -> (..., length), position j reads x_(j mod n): pads by wrapping around (as the authors), or cuts."""
     repeats, rest = divmod(length, x.shape[-1])
-    return torch.cat([x] * repeats + [x[..., :rest]], dim=-1) if repeats else x[..., :rest]
+    if length <= x.shape[-1]:
+        return x[..., :length] if rest else x  # a cut is a view
+    return torch.cat([x] * repeats + [x[..., :rest]], dim=-1)
 
 
 def fold(y: torch.Tensor, length: int) -> torch.Tensor:
@@ -65,62 +58,52 @@ def fold(y: torch.Tensor, length: int) -> torch.Tensor:
 
 class Truncate(Compression):
     """Truncation (§4): f_comp keeps the first r^ input features (wrapping around to feature 0 when r^ > in),
-    f_decomp pads M's r^ outputs with zeros (and folds them when r^ > out)."""
+    f_decomp pads M's r^ outputs with zeros (and folds them when r^ > out). Decoupling repeats it over n blocks."""
 
-    def f_comp(self, x):
-        return cycle(x, self.r_hat).unsqueeze(-2)  # (..., 1, r^)
+    n_blocks, fold = 1, True
 
-    def f_decomp(self, y):
-        return fold(y.squeeze(-2), self.out_features)  # (..., out)
+    def f_comp(self, x):  # (..., in) -> (..., n, r^): the input wrapped around to n r^ features, cut into n blocks
+        return cycle(x, self.n_blocks * self.r_hat).unflatten(-1, (self.n_blocks, self.r_hat))
+
+    def f_decomp(self, y):  # (..., n, r^) -> (..., out): the n r^ outputs folded onto out, or repeated to out
+        return (fold if self.fold else cycle)(y.flatten(-2), self.out_features)
 
 
 class Share(Compression):
-    """Sharing (Eq. 6): f_comp sums groups of features, feature i joining group i mod r^ (authors' code), f_decomp
-    repeats M's outputs (output j reads group j mod r^). The input is wrapped around to a multiple of r^, so when r^
-    does not divide it the first features count twice (128 -> r^ = 45: features 0-6 are in two groups)."""
+    """Sharing (Eq. 6): f_comp sums groups of features, f_decomp repeats M's outputs. The input is wrapped around to
+    n r^ features (n = ceil(in / r^); when r^ does not divide it the first features count twice: 128 -> r^ = 45,
+    features 0-6 are in two groups). Position p joins group p mod r^ and output j reads group j mod r^ (the authors);
+    share_contiguous groups runs: positions g n ... g n + n - 1 form group g, and output j reads floor(j r^ / out)."""
 
-    def f_comp(self, x):
-        per_group = math.ceil(self.in_features / self.r_hat)
-        return cycle(x, per_group * self.r_hat).unflatten(-1, (per_group, self.r_hat)).sum(-2, keepdim=True)
+    contiguous = False
 
-    def f_decomp(self, y):
-        return cycle(y.squeeze(-2), self.out_features)  # (..., out)
+    def f_comp(self, x):  # (..., in) -> (..., 1, r^)
+        n = math.ceil(self.in_features / self.r_hat)
+        groups = cycle(x, n * self.r_hat).unflatten(-1, (self.r_hat, n) if self.contiguous else (n, self.r_hat))
+        return groups.sum(-1 if self.contiguous else -2).unsqueeze(-2)
 
-
-class ShareContiguous(Compression):
-    """Sharing with contiguous groups: group g sums features g n ... g n + n - 1 (n = ceil(in / r^); the input
-    wrapped around as in Share, so the last group may re-read the first features), and output j reads group
-    floor(j r^ / out), so each group feeds a run of consecutive outputs."""
-
-    def f_comp(self, x):
-        per_group = math.ceil(self.in_features / self.r_hat)
-        return cycle(x, per_group * self.r_hat).unflatten(-1, (self.r_hat, per_group)).sum(-1).unsqueeze(-2)
-
-    def f_decomp(self, y):
-        groups = torch.arange(self.out_features, device=y.device) * self.r_hat // self.out_features
-        return y.squeeze(-2).index_select(-1, groups)  # (..., out)
+    def f_decomp(self, y):  # (..., 1, r^) -> (..., out)
+        j = torch.arange(self.out_features, device=y.device)
+        group = j * self.r_hat // self.out_features if self.contiguous else j % self.r_hat
+        return y.squeeze(-2).index_select(-1, group)
 
 
-class Decouple(Compression):
-    """Decoupling: f_comp cuts the input (wrapped around to a multiple of r^) into n = ceil(in / r^) blocks, so M
-    acts on each; f_decomp concatenates the n r^ block outputs and repeats or truncates them to out (the authors),
-    or, when in > out, folds them onto out so that no input block is dropped."""
+class ShareContiguous(Share):
+    contiguous = True  # see Share
+
+
+class Decouple(Truncate):
+    """Decoupling: truncation over n = ceil(in / r^) blocks of the input; the n r^ block outputs are repeated or cut to
+    out (the authors), or, when in > out, folded onto out so that no input block is dropped."""
 
     def __init__(self, in_features, out_features, r_hat):
         super().__init__(in_features, out_features, r_hat)
-        self.n_blocks = math.ceil(in_features / r_hat)
-
-    def f_comp(self, x):
-        return cycle(x, self.n_blocks * self.r_hat).unflatten(-1, (self.n_blocks, self.r_hat))  # (..., n, r^)
-
-    def f_decomp(self, y):
-        y = y.flatten(-2)  # (..., n r^)
-        return fold(y, self.out_features) if self.in_features > self.out_features else cycle(y, self.out_features)
+        self.n_blocks, self.fold = math.ceil(in_features / r_hat), in_features > out_features
 
 
 class Rotate(Decouple):
-    """Rotation (Eq. 9): decoupling with block b rotated like RoPE before M, so block b sees M R_b: dimensions j and
-    j + r^/2 turn by the angle b * 10000^(-2j / r^)."""
+    """Rotation (Eq. 9): decoupling with block b multiplied by M R_b, R_b turning dimensions j and j + r^/2 RoPE-style
+    by the angle b * 10000^(-2j / r^): on M's columns (n small products a step), not on every block of every token."""
 
     even_r_hat = True
 
@@ -128,13 +111,12 @@ class Rotate(Decouple):
         super().__init__(in_features, out_features, r_hat)
         inv_freq = 10000.0 ** (-torch.arange(0, r_hat, 2, dtype=torch.float64) / r_hat)  # (r^/2,)
         angles = torch.outer(torch.arange(self.n_blocks, dtype=torch.float64), inv_freq).repeat(1, 2)  # (n, r^)
-        self.register_buffer("cos", angles.cos(), persistent=False)  # buffers: they follow .to(device, dtype)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        sign = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat_interleave(r_hat // 2)
+        self.register_buffer("cos", angles.cos()[:, None, :], persistent=False)  # (n, 1, r^): buffers follow .to()
+        self.register_buffer("signed_sin", (angles.sin() * sign)[:, None, :], persistent=False)
 
-    def f_comp(self, x):
-        blocks, half = super().f_comp(x), self.r_hat // 2  # (..., n, r^)
-        turned = torch.cat((-blocks[..., half:], blocks[..., :half]), dim=-1)  # pair (j, j + r^/2) -> (-x2, x1)
-        return blocks * self.cos.to(x.dtype) + turned * self.sin.to(x.dtype)  # R_b x_b
+    def block_matrices(self, M):  # (n, r^, r^): M R_b = M diag(cos_b) + M P diag(sin_b), P (x1, x2) -> (-x2, x1)
+        return M * self.cos + M.roll(-(self.r_hat // 2), dims=-1) * self.signed_sin  # M P = [M_2, -M_1] by columns
 
 
 COMPRESSIONS = {"truncate": Truncate, "share": Share, "share_contiguous": ShareContiguous, "decouple": Decouple,
@@ -144,70 +126,61 @@ COMPRESSIONS = {"truncate": Truncate, "share": Share, "share_contiguous": ShareC
 # --- The adapters
 
 class AdapterLinear(nn.Module):
-    """What LoRA and MoRA share: a frozen base layer W0 plus an update dW, with merge / unmerge / restart.
-    Subclasses define adapter_forward(x) = dW x (for x of any dtype) and reset_adapter()."""
+    """A frozen base layer W0 plus an update dW, and merge(). Subclasses define adapter_forward(x) = dW x (for x of any
+    dtype) and reset_adapter()."""
 
-    def __init__(self, base: nn.Module, dropout: float, dense: bool | None):
+    def __init__(self, base: nn.Module, dense: bool | None):
         super().__init__()
         if not isinstance(base, nn.Linear) and not is_conv1d(base):
             raise TypeError(f"adapters wrap an nn.Linear or a transformers Conv1D, got {type(base).__name__}")
         self.base = base.requires_grad_(False)
         self.out_features, self.in_features = self.base_weight.shape
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # on the adapter path only (loralib)
-        if dense and dropout > 0:
-            raise ValueError("dense=True applies W0 + dW in one matmul, so it cannot drop out the adapter path "
-                             "alone; use dropout=0 or dense=False")
-        small = self.in_features * self.out_features <= DENSE_MAX_WEIGHTS  # dense=None: the route by size
-        self.dense = dropout == 0 and small if dense is None else dense
-        self.merged = False
+        self.dense = self.in_features * self.out_features <= DENSE_MAX_WEIGHTS if dense is None else dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        if self.merged:
-            return self.base(x)
         if self.dense:  # the same h in one matmul with W0 + dW: cheaper for small layers than the operators
             return F.linear(x, self.weight, self.bias)
-        return self.base(x) + self.adapter_forward(self.dropout(x))  # h = W0 x + dW x
+        return self.base(x) + self.adapter_forward(x)  # h = W0 x + dW x
+
+    def delta_from_identity(self) -> torch.Tensor:  # (out, in): column i is the adapter path on the unit input e_i
+        """dW by its definition, in at least float32 (a bf16 merge rounds once). The dense route trains through it."""
+        eye = torch.eye(self.in_features, dtype=self.delta_dtype(), device=self.base_weight.device)
+        return self.adapter_forward(eye).t()
 
     def delta_weight(self) -> torch.Tensor:
-        """dW (out, in): column i is the adapter path applied to the unit input e_i. Differentiable: the dense route
-        trains through it. In at least float32, so that a bf16 merge rounds once, not twice."""
-        dtype = torch.promote_types(self.base_weight.dtype, torch.float32)
-        return self.adapter_forward(torch.eye(self.in_features, dtype=dtype, device=self.base_weight.device)).t()
+        """dW as merge() adds it: for LoRA and the built-in compressions, from their structure (tested equal)."""
+        zeros = self.base_weight.new_zeros(self.out_features, self.in_features, dtype=self.delta_dtype())
+        return self.add_delta_(zeros)
 
     @torch.no_grad()
     def merge(self) -> None:
-        """W0 <- W0 + dW. Refuses a non-finite update and leaves W0 untouched then."""
-        if self.merged:
-            return
-        if not all(torch.isfinite(p).all() for p in self.adapter_parameters()):  # finite ones give a finite dW
+        """W0 <- W0 + dW, then a fresh adapter from dW = 0 (reset_adapter), so the output is unchanged: one ReLoRA /
+        ReMoRA restart. Refuses a non-finite update and leaves W0 untouched then."""
+        if not all(p.isfinite().all() for name, p in self.named_parameters() if not name.startswith("base.")):
             raise ValueError(f"{type(self).__name__}.merge(): the update has inf/nan values; W0 was left unchanged")
-        self.add_to_base(1.0)
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """W0 <- W0 - dW (exact up to the rounding of W0's dtype)."""
-        if self.merged:
-            self.add_to_base(-1.0)
-            self.merged = False
-
-    @torch.no_grad()
-    def restart(self) -> None:
-        """ReLoRA / ReMoRA: fold this cycle's update into W0 for good, then start a fresh adapter (output unchanged)."""
-        self.merge()
-        self.merged = False
+        self.add_delta_(self.base_weight)
         self.reset_adapter()
 
-    def adapter_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.named_parameters() if not name.startswith("base.")]
+    # Engineering from here on: dW without the identity, Conv1D's transposed W0, and W0 + dW for the dense route and
+    # for code that reads .weight directly (torch's fused attention).
+    def delta_adder(self):  # None (build dW from the identity), or add(target, start, stop): target += dW[start:stop]
+        return None
 
-    # Engineering from here on: W0 of HuggingFace's transposed Conv1D, W0 + dW for the dense route and for code that
-    # reads .weight directly (torch's fused attention), dtypes in a merge, and the merged flag in the state dict.
-    def add_to_base(self, sign: float) -> None:
-        """W0 += sign * dW in place (a Conv1D's through its transposed view), with dW in float32 also inside a bf16
-        autocast region, rounded once to W0's dtype."""
-        with torch.autocast(self.base_weight.device.type, enabled=False):
-            self.base_weight.copy_(self.base_weight + sign * self.delta_weight())
+    def add_delta_(self, weight: torch.Tensor) -> torch.Tensor:
+        """weight (out, in) += dW in place, rows in chunks: no weight-sized temporary (on CPU, fresh memory costs more
+        than the add), dW in at least float32 (under autocast too), rounded once to weight's dtype."""
+        add, dtype = self.delta_adder(), self.delta_dtype()
+        with torch.autocast(weight.device.type, enabled=False):
+            if add is None:
+                return weight.add_(self.delta_from_identity())
+            step = max(1, MERGE_CHUNK_WEIGHTS // self.in_features)
+            for start in range(0, self.out_features, step):
+                chunk = weight[start:start + step]  # .to() returns it as is when in float32 already, and copy_ from
+                chunk.copy_(add(chunk.to(dtype), start, start + len(chunk)))  # itself is then a no-op
+        return weight
+
+    def delta_dtype(self) -> torch.dtype:
+        return torch.promote_types(self.base_weight.dtype, torch.float32)
 
     @property
     def base_weight(self) -> torch.Tensor:  # (out, in), a view
@@ -215,25 +188,18 @@ class AdapterLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:  # W0 + dW, (out, in)
-        return self.base_weight if self.merged else self.base_weight + self.delta_weight().to(self.base_weight.dtype)
+        return (self.base_weight + self.delta_from_identity()).to(self.base_weight.dtype)
 
     @property
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
-    def get_extra_state(self) -> dict:  # a merged W0 loaded into a fresh module must not be updated twice
-        return {"merged": self.merged}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.merged = bool(state["merged"])
-
 
 class LoRALinear(AdapterLinear):
     """h = W0 x + (alpha / r) B A x, with A kaiming-uniform and B zero, so training starts from the base model."""
 
-    def __init__(self, base: nn.Module, r: int, alpha: float | None = None, dropout: float = 0.0,
-                 dense: bool | None = None):
-        super().__init__(base, dropout, dense)
+    def __init__(self, base: nn.Module, r: int, alpha: float | None = None, dense: bool | None = None):
+        super().__init__(base, dense)
         if not isinstance(r, int) or r <= 0:
             raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
         self.r, self.alpha = r, 2.0 * r if alpha is None else float(alpha)  # default: the paper's r=8, alpha=16
@@ -249,16 +215,19 @@ class LoRALinear(AdapterLinear):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initializes its weight
         nn.init.zeros_(self.lora_B)
 
+    def delta_adder(self):  # rows of dW: (alpha / r) B[rows] A
+        A, B = self.lora_A.to(self.delta_dtype()), self.lora_B.to(self.delta_dtype())
+        return lambda target, start, stop: target.addmm_(B[start:stop], A, alpha=self.scaling)
+
 
 class MoRALinear(AdapterLinear):
     """h = W0 x + f_decomp(M f_comp(x)) (§4) with one trainable square M (r^ x r^, zeros), no alpha scaling.
-
     compress: a name in COMPRESSIONS, or any callable (in, out, r_hat) -> Compression (a subclass, a partial of one).
-    ReMoRA's restart() permutes the input and output features at random around the compression (in_perm, out_perm;
+    ReMoRA's merge() permutes the input and output features at random around the compression (in_perm, out_perm;
     the identity at first), so each cycle's update lands on new rows and columns and the accumulated rank grows."""
 
-    def __init__(self, base: nn.Module, r: int, compress="rotate", dropout: float = 0.0, dense: bool | None = None):
-        super().__init__(base, dropout, dense)
+    def __init__(self, base: nn.Module, r: int, compress="rotate", dense: bool | None = None):
+        super().__init__(base, dense)
         factory = COMPRESSIONS.get(compress) if isinstance(compress, str) else compress
         if not callable(factory):
             raise ValueError(f"compress must be one of {list(COMPRESSIONS)} or a callable (in, out, r_hat) -> "
@@ -270,17 +239,28 @@ class MoRALinear(AdapterLinear):
         self.M = nn.Parameter(self.base_weight.new_zeros(self.r_hat, self.r_hat))
         self.register_buffer("in_perm", torch.arange(self.in_features, device=self.base_weight.device))
         self.register_buffer("out_perm", torch.arange(self.out_features, device=self.base_weight.device))
+        self.permuted = False  # no gathers while the permutations are the identity (after a load: assume not)
+        self.register_load_state_dict_post_hook(lambda layer, _: setattr(layer, "permuted", True))
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        z = self.compression.f_comp(x.index_select(-1, self.in_perm))  # (..., blocks, r^)
-        y = z @ self.M.to(z.dtype).t()  # (..., blocks, r^): M applied to every block
-        return self.compression.f_decomp(y).index_select(-1, self.out_perm)  # (..., out)
+        x = x.index_select(-1, self.in_perm) if self.permuted else x
+        z = self.compression.f_comp(x)  # (..., blocks, r^)
+        M = self.compression.block_matrices(self.M.to(z.dtype))  # (r^, r^), or one per block (blocks, r^, r^)
+        y = z @ M.t() if M.dim() == 2 else torch.einsum("...bj,bij->...bi", z, M)  # (..., blocks, r^)
+        y = self.compression.f_decomp(y)  # (..., out)
+        return y.index_select(-1, self.out_perm) if self.permuted else y
 
     def reset_adapter(self) -> None:
         """M <- 0 and, for ReMoRA, new random permutations of the input and output features (torch's global RNG)."""
         nn.init.zeros_(self.M)
         self.in_perm.copy_(torch.randperm(self.in_features))
         self.out_perm.copy_(torch.randperm(self.out_features))
+        self.permuted = True
+
+    def delta_adder(self):  # the built-in compressions only: a subclass may change f_comp
+        c, M = self.compression, self.M.to(self.delta_dtype())
+        if type(c) in (Truncate, Decouple, Rotate, Share, ShareContiguous):
+            return (shared_adder if isinstance(c, Share) else block_diagonal_adder)(c, M, self.out_perm, self.in_perm)
 
 
 # --- Engineering: none of it changes a number (each piece is tested equal to the plain form above)
@@ -288,6 +268,33 @@ class MoRALinear(AdapterLinear):
 # Up to this many weights (512 x 512), forward() builds W0 + dW from the identity once per call and applies it in
 # one matmul: cheaper than running the operators on every token there (docs/performance.md), and the same numbers.
 DENSE_MAX_WEIGHTS = 1 << 18
+MERGE_CHUNK_WEIGHTS = 1 << 20  # a merge's chunks of rows: 4 MB in float32, in cache and recycled by the allocator
+
+
+def block_diagonal_adder(c: Truncate, M: torch.Tensor, out_perm: torch.Tensor, in_perm: torch.Tensor):
+    """Truncation, decoupling, rotation: only dW's nonzeros. Slot b r^ + q is row q of block b's matrix over the
+    features slots b r^ ... b r^ + r^ - 1 read; output j reads slot j mod n r^, or, folding, sums slots j, j + out, ...
+    (past the last slot, n r^ reads a block of zeros)."""
+    period = c.n_blocks * c.r_hat
+    blocks = F.pad(c.block_matrices(M).expand(c.n_blocks, -1, -1), (0, 0, 0, 0, 0, 1))  # (n + 1, r^, r^)
+    columns = in_perm[torch.arange(period + c.r_hat, device=M.device) % c.in_features].view(-1, c.r_hat)
+
+    def add(target, start, stop):
+        for offset in range(0, period, c.out_features) if c.fold else [0]:
+            slot = (out_perm[start:stop] + offset).clamp(max=period) if c.fold else out_perm[start:stop] % period
+            target.scatter_add_(1, columns[slot // c.r_hat], blocks[slot // c.r_hat, slot % c.r_hat])  # (rows, r^)
+        return target
+    return add
+
+
+def shared_adder(c: Share, M: torch.Tensor, out_perm: torch.Tensor, in_perm: torch.Tensor):
+    """Sharing: dW = D M C with D (out, r^) picking one group per output, so row j of dW is row (group of j) of T = M C:
+    f_comp's vector-Jacobian products with M's rows (f_comp is linear), an (r^, in) computation."""
+    with torch.enable_grad():
+        x = M.new_zeros(c.r_hat, c.in_features, requires_grad=True)
+        T = torch.autograd.grad(c.f_comp(x), x, M.unsqueeze(-2))[0][:, in_perm.argsort()]
+    group = c.f_decomp(torch.arange(c.r_hat, device=M.device, dtype=M.dtype)[None]).long()  # of each output
+    return lambda target, start, stop: target.add_(T[group[out_perm[start:stop]]])
 
 
 def is_conv1d(module: nn.Module) -> bool:  # HuggingFace GPT-2's layer: y = x @ weight + bias, weight (in, out)
@@ -306,7 +313,7 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterLinear]:
 def add_adapters(model: nn.Module, method: str, r: int, targets, **kwargs) -> nn.Module:
     """Wrap every linear layer (nn.Linear or Conv1D) whose dotted name is, or ends with, one of `targets` ("query",
     "mlp.up", "q_proj", ...) in a LoRALinear / MoRALinear, and freeze every other parameter. kwargs go to the
-    adapter (alpha, compress, dropout, dense)."""
+    adapter (alpha, compress, dense)."""
     if method not in ADAPTERS:
         raise ValueError(f"method must be one of {sorted(ADAPTERS)}, got {method!r}")
     if adapter_layers(model):
@@ -322,37 +329,30 @@ def add_adapters(model: nn.Module, method: str, r: int, targets, **kwargs) -> nn
     model.requires_grad_(False)
     for name, linear in linears.items():
         if any(matches(name, t) for t in targets):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, ADAPTERS[method](linear, r, **kwargs))
+            model.set_submodule(name, ADAPTERS[method](linear, r, **kwargs))
     return model
 
 
 def remove_adapters(model: nn.Module) -> nn.Module:
-    """Merge every adapter and put its base layer back: the state dict then has the model's own keys again (for a
-    HuggingFace model, what save_pretrained expects)."""
+    """Merge every adapter and put its base layer back: the model's own state dict keys again (save_pretrained's)."""
     for name, layer in adapter_layers(model).items():
         layer.merge()
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer.base)
+        model.set_submodule(name, layer.base)
     return model
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors only (LoRA's A and B; MoRA's M and its permutations), keyed as in model.state_dict()."""
-    return {f"{name}.{key}": tensor
-            for name, layer in adapter_layers(model).items()
-            for key, tensor in layer.state_dict().items()
-            if not key.startswith("base.") and key != "_extra_state"}
+    return {f"{name}.{key}": tensor for name, layer in adapter_layers(model).items()
+            for key, tensor in layer.state_dict().items() if not key.startswith("base.")}
 
 
 def load_adapter_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load adapter tensors into a model with the same adapters, unmerged; a key or a shape that does not fit (another
-    rank's tensors) is an error that names it."""
-    own, merged = adapter_state_dict(model).keys(), [n for n, layer in adapter_layers(model).items() if layer.merged]
+    """Load adapter tensors into a model with the same adapters; a key or shape that does not fit is an error."""
+    own = adapter_state_dict(model).keys()
     missing, unexpected = sorted(own - state_dict.keys()), sorted(state_dict.keys() - own)
-    if merged or missing or unexpected:
-        raise ValueError(f"adapter state dict does not fit this model: missing {missing}, unexpected {unexpected}, "
-                         f"merged layers (unmerge them first) {merged}")
+    if missing or unexpected:
+        raise ValueError(f"adapter state dict does not fit this model: missing {missing}, unexpected {unexpected}")
     model.load_state_dict(state_dict, strict=False)  # strict=False: the base weights are not in it
 
 

@@ -281,7 +281,7 @@ def restart_adapters(model: GPT, optimizer: torch.optim.Optimizer) -> None:
     """ReLoRA / ReMoRA: merge every adapter into W0, start fresh ones, and drop their Adam state (step count too, as
     the authors do): its moments belong to the old adapter's directions, now in W0, and would push the new one on."""
     for layer in mora.adapter_layers(model).values():
-        layer.restart()
+        layer.merge()
         for p in layer.parameters():
             optimizer.state.pop(p, None)
 
