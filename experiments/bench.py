@@ -2,18 +2,19 @@
 Speed and memory of the adapters and of train.py's step, side by side. Prints markdown tables, writes JSON.
 
     python -m experiments.bench --quick              # about a minute on a 2-core CPU
-    python -m experiments.bench                      # all shapes and ranks (CPU: about 22 minutes)
-    python -m experiments.bench --preset gpu         # one CUDA GPU: larger batches, bf16 autocast at model level
+    python -m experiments.bench                      # all shapes and ranks (CPU: about 25 minutes)
     python -m experiments.bench --gpt2               # only the GPT-2-small fine-tuning step: a few minutes on CPU
+    python -m experiments.bench --preset gpu         # one CUDA GPU: larger batches, bf16 autocast, compiled GPT-2 step
 
 Layer level, for the default GPT's shapes and LLaMA-2-7B's, at r = 8 and 256 (where the adapter fits the layer):
-forward + backward of a frozen nn.Linear, LoRALinear and MoRALinear with each compression; forward after merge();
-delta_weight() and merge() against two memory floors (one copy_ of a weight-sized tensor into existing memory, one
-clone into new memory); memory that autograd saves for backward (and peak CUDA memory on a GPU). Model level:
-ms/iter and tokens/s of train.py's step for full, LoRA and MoRA, with each layer's default route and forced through
-the operators. Small layers (up to mora.DENSE_MAX_WEIGHTS weights) run each adapter both ways: dense (W + dW, the
-default there) and through the adapter's own operators. GPT-2 small and medium: trainable parameters, gradient and
-AdamW bytes, counted on the meta device. Timings are medians over repeats, after warm-up; CUDA events on GPU.
+forward + backward of a frozen nn.Linear, LoRALinear and MoRALinear with each compression; delta_weight() against
+one clone of a weight-sized tensor (new memory), merge() against one copy_ into existing memory (float32 and bf16);
+memory that autograd saves for backward. Model level: ms/iter and tokens/s of train.py's step for full, LoRA and
+MoRA, with each layer's default route and forced through the operators, what the step saves for backward (under its
+autocast) and, on a GPU, its own peak memory. Small layers (up to mora.DENSE_MAX_WEIGHTS weights) run each adapter
+both ways: dense (W + dW, the default there) and through the adapter's own operators. GPT-2 small and medium:
+trainable parameters, gradient and AdamW bytes, counted on the meta device. Timings are medians over repeats, after
+warm-up; CUDA events on GPU.
 
 At the widths users fine-tune: one fine-tuning step of a GPT-2-small-shaped model (12 blocks, d=768, vocabulary
 50,257, random init, nothing downloads) with every projection adapted at r=8 and everything else frozen, for LoRA
@@ -46,7 +47,7 @@ PRESETS = {  # tokens per layer call (small, LLaMA-sized layers), repeats, model
     "quick": {"tokens": (2048, 64), "repeats": 3, "warmup": 1, "model_batch": 16, "dtype": "float32",
               "gpt2_batch": (2, 64)},
     "gpu": {"tokens": (16384, 8192), "repeats": 20, "warmup": 5, "model_batch": 64, "dtype": "auto",
-            "gpt2_batch": (64, 128)},
+            "gpt2_batch": (64, 128), "compile": True},
 }
 
 
@@ -117,16 +118,18 @@ def layer_bench(shapes, ranks, preset, device) -> list[dict]:
         fwd_bwd = lambda layer: time_it(lambda: layer(x).sum().backward())[0]
         base = make_layer("base", n_in, n_out, 0, device, None)
         base_ms = fwd_bwd(base)
-        weight = torch.empty(n_out, n_in, device=device)
-        # Two floors: writing a weight-sized tensor once into memory that exists (copy_), and into a new tensor
-        # (clone: on CPU the OS zero-fills every fresh page first, which costs more than the write itself).
-        copy_floor, alloc_floor = time_it(lambda: weight.copy_(base.weight), base.weight.clone)
+        weight, weight_bf16 = torch.empty(n_out, n_in, device=device), base.weight.bfloat16()
+        # Floors: writing a weight-sized tensor once into memory that exists (copy_, in float32 and in bf16), and
+        # into a new tensor (clone: on CPU the OS zero-fills every fresh page first, which costs more than the write).
+        copy_floor, alloc_floor, copy_bf16 = time_it(lambda: weight.copy_(base.weight), base.weight.clone,
+                                                     lambda: weight_bf16.copy_(weight))
         for r in ranks:
             routes = [None, False] if n_in * n_out <= mora.DENSE_MAX_WEIGHTS else [None]
             for dense in routes:
                 row = {"in": n_in, "out": n_out, "r": r, "tokens": tokens, "route": "operators" if dense is False else
                        ("dense" if n_in * n_out <= mora.DENSE_MAX_WEIGHTS else "operators"),
                        "base_ms": base_ms, "copy_floor_ms": copy_floor, "alloc_floor_ms": alloc_floor,
+                       "copy_floor_bf16_ms": copy_bf16,
                        "base_saved_mb": saved_for_backward_mb(lambda: base(x))}
                 for kind in kinds:
                     if not fits(kind, n_in, n_out, r):
@@ -135,14 +138,11 @@ def layer_bench(shapes, ranks, preset, device) -> list[dict]:
                     row[f"{kind}_ms"] = fwd_bwd(layer)
                     row[f"{kind}_saved_mb"] = saved_for_backward_mb(lambda: layer(x))
                     if dense is None:  # route-independent figures, once per shape and rank
-                        with torch.no_grad():
-                            row[f"{kind}_delta_ms"] = time_it(layer.delta_weight)[0]
-                            row[f"{kind}_merge_ms"] = time_it(layer.merge, setup=layer.unmerge)[0]
-                            layer.merge()
-                            row[f"{kind}_plain_inference_ms"], row[f"{kind}_merged_inference_ms"] = time_it(
-                                lambda: base(x), lambda: layer(x))
-                        bf16 = make_layer(kind, n_in, n_out, r, device, dense, dtype=torch.bfloat16)
-                        row[f"{kind}_merge_bf16_ms"] = time_it(bf16.merge, setup=bf16.unmerge)[0]
+                        with torch.no_grad():  # merge() adds dW to W0 and restarts the adapter (dW = 0 after the
+                            row[f"{kind}_delta_ms"] = time_it(layer.delta_weight)[0]  # first: the same work)
+                            row[f"{kind}_merge_ms"] = time_it(layer.merge)[0]
+                            bf16 = make_layer(kind, n_in, n_out, r, device, dense, dtype=torch.bfloat16)
+                            row[f"{kind}_merge_bf16_ms"] = time_it(bf16.merge)[0]
                     del layer
                 rows.append(row)
                 print(f"  layer {n_in}x{n_out} r={r} ({row['route']}) done", flush=True)
@@ -173,14 +173,29 @@ def model_bench(preset, device) -> list[dict]:
     times = timed(steps, device, preset["repeats"] * 2, preset["warmup"])
     rows = []
     for ((method, route), (model, optimizer, cfg)), ms in zip(models.items(), times):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            step(model, optimizer, cfg)
         rows.append({"method": method, "route": route, "dtype": dtype,
                      "trainable_params": mora.count_trainable(model), "ms_per_iter": ms,
-                     "tokens_per_s": x.numel() / ms * 1000, "saved_mb": saved_for_backward_mb(lambda: model(x, y)[1]),
-                     "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None})
+                     "tokens_per_s": x.numel() / ms * 1000, "saved_mb": saved_under(ctx, lambda: model(x, y)[1]),
+                     "peak_cuda_mb": step_peak_cuda_mb(lambda: step(model, optimizer, cfg), device)})
     return rows
+
+
+def saved_under(ctx, fn) -> float:  # what autograd saves for the step as it runs: under its autocast (bf16 halves it)
+    def forward():
+        with ctx:
+            return fn()
+    return saved_for_backward_mb(forward)
+
+
+def step_peak_cuda_mb(step, device: torch.device) -> float | None:
+    """The step's own peak CUDA memory: above what was allocated before it (every model of the table is resident)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    resident = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    return (torch.cuda.max_memory_allocated(device) - resident) / 2**20
 
 
 class DispatchCount(TorchDispatchMode):
@@ -218,11 +233,13 @@ def gpt2_macs(kind: str, r: int, tokens_per_sequence: int, d: int = 768, n_layer
 
 
 def gpt2_step_bench(preset, device, n_layer: int = 12, d: int = 768, vocab: int = 50257) -> list[dict]:
-    """One fine-tuning step (train.train_step, AdamW) of a GPT-2-small-shaped model per adapter, interleaved."""
+    """One fine-tuning step (train.train_step, AdamW) of a GPT-2-small-shaped model per adapter, interleaved; with
+    preset["compile"], the timed models are torch.compile'd (the operation counts stay eager: a compiled step fuses
+    them, which is the point)."""
     _, ctx, dtype = setup_device(str(device), preset["dtype"])
     batch, length = preset["gpt2_batch"]
     x, y = (torch.randint(0, vocab, (batch, length), device=device) for _ in range(2))  # random tokens: cost only
-    kinds, steps = ["lora", *mora.COMPRESSIONS], []
+    kinds, steps, eager_steps = ["lora", *mora.COMPRESSIONS], [], []
     for kind in kinds:
         torch.manual_seed(0)
         model = GPT(GPTConfig(block_size=length, vocab_size=vocab, n_layer=n_layer, n_head=d // 64, n_embd=d))
@@ -230,8 +247,9 @@ def gpt2_step_bench(preset, device, n_layer: int = 12, d: int = 768, vocab: int 
         mora.add_adapters(model, "lora" if kind == "lora" else "mora", 8, GPT2_TARGETS, **kwargs)
         model.to(device)
         optimizer = model.configure_optimizers(0.0, 1e-3, (0.9, 0.99), device.type)
-        steps.append(lambda model=model, optimizer=optimizer: train.train_step(model, optimizer, [(x, y)], ctx, 1e-3,
-                                                                                1.0))
+        for models, timed_model in ((steps, torch.compile(model) if preset.get("compile") else model),
+                                    (eager_steps, model)):
+            models.append(lambda m=timed_model, opt=optimizer: train.train_step(m, opt, [(x, y)], ctx, 1e-3, 1.0))
     times = timed(steps, device, preset["repeats"], preset["warmup"])
     layer_x = torch.randn(batch, length, d, device=device, requires_grad=True)
 
@@ -241,25 +259,27 @@ def gpt2_step_bench(preset, device, n_layer: int = 12, d: int = 768, vocab: int 
             return dispatched(lambda: layer(layer_x).float().sum().backward())
 
     rows = [{"kind": "frozen layer", "ops_per_layer": layer_ops("base", None)}]
-    for kind, step, ms in zip(kinds, steps, times):
-        rows.append({"kind": kind, "dtype": dtype, "ms_per_step": ms, "macs_per_token": gpt2_macs(kind, 8, length),
-                     "ops_per_step": dispatched(step), "ops_per_layer": layer_ops(kind, False)})
+    for kind, step, ms in zip(kinds, eager_steps, times):
+        rows.append({"kind": kind, "dtype": dtype, "compiled": bool(preset.get("compile")), "ms_per_step": ms,
+                     "macs_per_token": gpt2_macs(kind, 8, length), "ops_per_step": dispatched(step),
+                     "ops_per_layer": layer_ops(kind, False)})
     return rows
 
 
 def print_gpt2(rows: list[dict]) -> None:
     print("\nFine-tuning step of a GPT-2-small-shaped model, every projection adapted at r=8 (random init)\n")
-    print("| adapter | dtype | ms/step | step / LoRA | floor / LoRA (multiply-adds) | ops per step "
-          "| ops per 768x768 layer, bf16 |")
-    print("|---" * 7 + "|")
+    print("| adapter | dtype | compiled | ms/step | step / LoRA | floor / LoRA (multiply-adds) | ops per step (eager) "
+          "| ops per 768x768 layer, bf16 | layer ops / LoRA's |")
+    print("|---" * 9 + "|")
     lora = next(row for row in rows if row["kind"] == "lora")
     for row in rows:
+        layer_ratio = f"{row['ops_per_layer'] / lora['ops_per_layer']:.2f}"
         if "ms_per_step" not in row:
-            print(f"| {row['kind']} | — | — | — | — | — | {row['ops_per_layer']} |")
+            print(f"| {row['kind']} | — | — | — | — | — | — | {row['ops_per_layer']} | {layer_ratio} |")
             continue
-        print(f"| {row['kind']} | {row['dtype']} | {row['ms_per_step']:.0f} | "
+        print(f"| {row['kind']} | {row['dtype']} | {'yes' if row['compiled'] else 'no'} | {row['ms_per_step']:.0f} | "
               f"{row['ms_per_step'] / lora['ms_per_step']:.2f} | {row['macs_per_token'] / lora['macs_per_token']:.2f} "
-              f"| {row['ops_per_step']:,} | {row['ops_per_layer']} |")
+              f"| {row['ops_per_step']:,} | {row['ops_per_layer']} | {layer_ratio} |")
 
 
 def gpt2_memory(rank: int = 8) -> list[dict]:
@@ -292,22 +312,21 @@ def print_tables(layers: list[dict], models: list[dict]) -> None:
         ratio = lambda kind: fmt(row.get(f"{kind}_ms") and row.get("lora_ms") and row[f"{kind}_ms"] / row["lora_ms"])
         print(f"| {row['in']}x{row['out']} | {row['r']} | {row['tokens']} | {row['route']} | {fmt(row['base_ms'])} | "
               + " | ".join(fmt(row.get(f"{k}_ms")) for k in kinds) + f" | {ratio('rotate')} | {ratio('share')} |")
-    print("\nAfter merge(): inference forward vs the plain layer (timed interleaved); building dW and merging it "
-          "into W, ms, and as multiples of the copy floor (one copy_ of a weight-sized tensor) and of the allocation "
-          "floor (one clone)\n")
-    print("| in x out | r | method | merged / plain fwd | copy floor | alloc floor | dW | dW / copy | dW / alloc "
-          "| merge fp32 | merge fp32 / copy | merge bf16 / copy |")
+    print("\nBuilding dW (delta_weight: a new tensor) and merging it into W0 (merge: in place), ms, and as multiples of "
+          "their floors: one clone of a weight-sized tensor (new memory) and one copy_ into existing memory, float32 "
+          "and bf16\n")
+    print("| in x out | r | method | clone floor | dW | dW / clone | copy floor fp32 | merge fp32 | merge / copy "
+          "| copy floor bf16 | merge bf16 | merge / copy |")
     print("|---" * 12 + "|")
     for row in layers:
         for kind in ("lora", "share", "rotate"):
             if f"{kind}_delta_ms" not in row:
                 continue
             get = lambda key: row[f"{kind}_{key}"]
-            copy, alloc = row["copy_floor_ms"], row["alloc_floor_ms"]
-            print(f"| {row['in']}x{row['out']} | {row['r']} | {kind} | "
-                  f"{get('merged_inference_ms') / get('plain_inference_ms'):.3f} | {copy:.2f} | {alloc:.2f} | "
-                  f"{get('delta_ms'):.2f} | {get('delta_ms') / copy:.1f} | {get('delta_ms') / alloc:.1f} | "
-                  f"{get('merge_ms'):.2f} | {get('merge_ms') / copy:.1f} | {get('merge_bf16_ms') / copy:.1f} |")
+            copy, alloc, copy_bf16 = row["copy_floor_ms"], row["alloc_floor_ms"], row["copy_floor_bf16_ms"]
+            print(f"| {row['in']}x{row['out']} | {row['r']} | {kind} | {alloc:.2f} | {get('delta_ms'):.2f} | "
+                  f"{get('delta_ms') / alloc:.1f} | {copy:.2f} | {get('merge_ms'):.2f} | {get('merge_ms') / copy:.1f} | "
+                  f"{copy_bf16:.2f} | {get('merge_bf16_ms'):.2f} | {get('merge_bf16_ms') / copy_bf16:.1f} |")
     print("\nMemory saved for backward, MB (the frozen layer saves its input; adapters add their own)\n")
     print("| in x out | r | tokens | route | frozen base | LoRA | "
           + " | ".join(f"MoRA {k}" for k in mora.COMPRESSIONS) + " |")
@@ -317,7 +336,7 @@ def print_tables(layers: list[dict], models: list[dict]) -> None:
               f"{fmt(row['base_saved_mb'])} | " + " | ".join(fmt(row.get(f"{k}_saved_mb")) for k in kinds) + " |")
     print("\nModel level: one optimizer step of train.py's default GPT\n")
     print("| method | route | dtype | trainable params | ms/iter | tokens/s | step / LoRA step (default route) "
-          "| saved for backward MB | peak CUDA MB |")
+          "| saved for backward MB | step's peak CUDA MB |")
     print("|---" * 9 + "|")
     lora = next(r["ms_per_iter"] for r in models if (r["method"], r["route"]) == ("lora", "default"))
     for row in models:
@@ -353,11 +372,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer tokens, shapes and repeats: under a minute on CPU")
     parser.add_argument("--preset", choices=("cpu", "gpu"), help="default: gpu on a CUDA device, else cpu")
     parser.add_argument("--gpt2", action="store_true", help="only the GPT-2-small fine-tuning step and op counts")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the GPT-2 step (on in the gpu preset)")
     parser.add_argument("--out", default=os.path.join("out", "bench"), help="folder for the JSON results")
     args = parser.parse_args(argv)
     device, _, _ = setup_device(args.device)
     name = "quick" if args.quick else args.preset or ("gpu" if device.type == "cuda" else "cpu")
-    preset = PRESETS[name]
+    preset = dict(PRESETS[name], compile=PRESETS[name].get("compile", False) or args.compile)
     shapes = GPT_SHAPES + (LLAMA_SHAPES[1:2] if args.quick else LLAMA_SHAPES)
     ranks = [8] if args.quick else [8, 256]
     machine = machine_name(device)

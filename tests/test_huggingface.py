@@ -90,14 +90,16 @@ def test_conv1d_layer_equals_the_linear_it_transposes(kind):
     conv = transformers.pytorch_utils.Conv1D(48, 32).double()  # nf=48 outputs, nx=32 inputs
     layer = mora.LoRALinear(conv, 4) if kind == "lora" else mora.MoRALinear(conv, 4, kind, dense=False)
     with torch.no_grad():
-        for p in layer.adapter_parameters():
+        for p in [p for p in layer.parameters() if p.requires_grad]:
             p.normal_()
     x = torch.randn(5, 32, dtype=torch.float64)
-    expected = torch.nn.functional.linear(x, conv.weight.t() + layer.delta_weight(), conv.bias)
+    delta = layer.delta_weight()
+    torch.testing.assert_close(delta, layer.delta_from_identity(), atol=1e-12, rtol=0)
+    expected = torch.nn.functional.linear(x, conv.weight.t() + delta, conv.bias)
     torch.testing.assert_close(layer(x), expected, atol=1e-10, rtol=0)
     w0 = conv.weight.detach().clone()
-    layer.merge()
-    torch.testing.assert_close(conv.weight, w0 + layer.delta_weight().t(), atol=1e-12, rtol=0)
+    layer.merge()  # into W0 through its transposed view, a chunk of rows at a time
+    torch.testing.assert_close(conv.weight, w0 + delta.t(), atol=1e-12, rtol=0)
     torch.testing.assert_close(conv(x), expected, atol=1e-10, rtol=0)
 
 
