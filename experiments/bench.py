@@ -312,9 +312,9 @@ def print_tables(layers: list[dict], models: list[dict]) -> None:
         ratio = lambda kind: fmt(row.get(f"{kind}_ms") and row.get("lora_ms") and row[f"{kind}_ms"] / row["lora_ms"])
         print(f"| {row['in']}x{row['out']} | {row['r']} | {row['tokens']} | {row['route']} | {fmt(row['base_ms'])} | "
               + " | ".join(fmt(row.get(f"{k}_ms")) for k in kinds) + f" | {ratio('rotate')} | {ratio('share')} |")
-    print("\nBuilding dW (delta_weight: a new tensor) and merging it into W0 (merge: in place), ms, and as multiples of "
-          "their floors: one clone of a weight-sized tensor (new memory) and one copy_ into existing memory, float32 "
-          "and bf16\n")
+    print("\nBuilding dW (delta_weight: a new tensor) and merging it into W0 (merge: in place), ms, and as multiples "
+          "of their floors: one clone of a weight-sized tensor (new memory) and one copy_ into existing memory, "
+          "float32 and bf16\n")
     print("| in x out | r | method | clone floor | dW | dW / clone | copy floor fp32 | merge fp32 | merge / copy "
           "| copy floor bf16 | merge bf16 | merge / copy |")
     print("|---" * 12 + "|")
@@ -325,7 +325,8 @@ def print_tables(layers: list[dict], models: list[dict]) -> None:
             get = lambda key: row[f"{kind}_{key}"]
             copy, alloc, copy_bf16 = row["copy_floor_ms"], row["alloc_floor_ms"], row["copy_floor_bf16_ms"]
             print(f"| {row['in']}x{row['out']} | {row['r']} | {kind} | {alloc:.2f} | {get('delta_ms'):.2f} | "
-                  f"{get('delta_ms') / alloc:.1f} | {copy:.2f} | {get('merge_ms'):.2f} | {get('merge_ms') / copy:.1f} | "
+                  f"{get('delta_ms') / alloc:.1f} | {copy:.2f} | {get('merge_ms'):.2f} | "
+                  f"{get('merge_ms') / copy:.1f} | "
                   f"{copy_bf16:.2f} | {get('merge_bf16_ms'):.2f} | {get('merge_bf16_ms') / copy_bf16:.1f} |")
     print("\nMemory saved for backward, MB (the frozen layer saves its input; adapters add their own)\n")
     print("| in x out | r | tokens | route | frozen base | LoRA | "

@@ -165,7 +165,8 @@ def test_restart_keeps_the_function_and_forgets_adapter_optimizer_state_only():
         optimizer.step()
         with_random_adapters(model)
         before = model(idx)[0]
-        adapter_params = [p for layer in mora.adapter_layers(model).values() for p in [p for p in layer.parameters() if p.requires_grad]]
+        adapter_params = [p for layer in mora.adapter_layers(model).values() for p in layer.parameters()
+                          if p.requires_grad]
         assert all(p in optimizer.state for p in adapter_params)
         train.restart_adapters(model, optimizer)
         torch.testing.assert_close(model(idx)[0], before, atol=1e-5, rtol=1e-5)  # the update moved into W0
