@@ -135,8 +135,7 @@ def compression(spec: str):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
     count, number = positive(integer), positive(float)
-    # the model from scratch (a pretrained one brings its own; --block_size may crop it), the data, what trains, the
-    # optimizer and schedule, evaluation and checkpoints, the system
+    # the model from scratch (a pretrained one brings its own), data, what trains, optimizer, evaluation, system
     p.add_argument("--n_layer", type=count, default=4, help="transformer blocks")
     p.add_argument("--n_head", type=count, default=4, help="attention heads per block")
     p.add_argument("--n_embd", type=count, default=128, help="model width")
@@ -278,8 +277,8 @@ def train_step(model, optimizer, micro_batches: list, ctx, lr: float, grad_clip:
 
 
 def restart_adapters(model: GPT, optimizer: torch.optim.Optimizer) -> None:
-    """ReLoRA / ReMoRA: merge every adapter into W0, start fresh ones, and drop their Adam state (step count too, as
-    the authors do): its moments belong to the old adapter's directions, now in W0, and would push the new one on."""
+    """ReLoRA / ReMoRA: merge every adapter into W0 (which starts a fresh one) and drop its Adam state (step count too,
+    as the authors do): the moments belong to the old adapter's directions, now in W0, and would push the new one on."""
     for layer in mora.adapter_layers(model).values():
         layer.merge()
         for p in layer.parameters():
@@ -354,8 +353,9 @@ def setup(args) -> SimpleNamespace:
         run.batch_order.set_state(checkpoint["rng"]["batches"])
     if args.compile:  # its parameters are named "_orig_mod.*": save raw_model, never this one
         run.model = torch.compile(run.model)
-    if run.ddp:
-        run.model = DDP(run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    if run.ddp:  # no broadcast of buffers before each forward: the adapters' are equal on every rank, seeded alike
+        run.model = DDP(run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+                        broadcast_buffers=False)
     return run
 
 

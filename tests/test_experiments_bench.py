@@ -88,3 +88,17 @@ def test_gpt2_step_bench_reports_every_adapter(capsys):
             assert row["ops_per_layer"] == bench.dispatched(lambda: layer(x).float().sum().backward()), row["kind"]
     bench.print_gpt2(rows)
     assert "| rotate | float32 | no |" in capsys.readouterr().out
+
+
+def test_mora_dispatches_at_most_one_and_a_half_times_loras_operations():
+    """Issue 16's kernel budget, counted (not timed) on one 768 x 768 layer's forward + backward under bf16 autocast,
+    a fresh adapter (ReMoRA's permutations are the identity, and skipped, until its first restart)."""
+    x = torch.randn(2, 16, 768, requires_grad=True)
+
+    def ops(kind: str) -> int:
+        layer, x.grad = bench.make_layer(kind, 768, 768, 8, "cpu", dense=False), None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return bench.dispatched(lambda: layer(x).float().sum().backward())
+
+    lora, mora_ops = ops("lora"), {kind: ops(kind) for kind in bench.mora.COMPRESSIONS}
+    assert all(count <= 1.5 * lora for count in mora_ops.values()), (lora, mora_ops)

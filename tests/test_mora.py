@@ -256,9 +256,10 @@ def test_only_adapters_train(method, kwargs):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("n_in,n_out,r", SHAPES)
-def test_merge_folds_dw_into_w0_and_restarts_from_zero(kind, n_in, n_out, r):
+def test_merge_folds_dw_into_w0_and_restarts_from_zero(kind, n_in, n_out, r, monkeypatch):
     """merge(): W0 <- W0 + dW (the explicit construction for MoRA, B A for LoRA), then a fresh adapter with dW = 0,
-    so the output does not change; merging again adds nothing."""
+    so the output does not change; merging again adds nothing. Chunks of 3 rows: the last one shorter."""
+    monkeypatch.setattr(mora, "MERGE_CHUNK_WEIGHTS", 3 * n_in)
     layer = make_adapter(kind, n_in, n_out, r)
     x = torch.randn(6, n_in, dtype=F64)
     w0, before = layer.base.weight.detach().clone(), layer(x)  # through the adapter's operators
