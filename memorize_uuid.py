@@ -101,14 +101,14 @@ def spectrum_stats(delta: torch.Tensor, threshold: float) -> dict | None:
 
 # --- Base model, fine-tuning, evaluation
 
-def load_base(source: str | None) -> dict:
-    """The base model's config, weights and tokenizer. Without a source, train.py pretrains one, once."""
+def load_base(source: str | None, pretrain: list[str] = CPU_BASE, name: str = "base-cpu") -> dict:
+    """The base model's config, weights and tokenizer; without a source, train.py pretrains one, once, into name."""
     if source is None:
-        out_dir = os.path.join("out", "uuid", "base-cpu")
+        out_dir = os.path.join("out", "uuid", name)
         source, metrics = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "metrics.jsonl")
         if not (os.path.exists(metrics) and any(json.loads(line)["kind"] == "summary" for line in open(metrics))):
             print(f"pretraining the base model into {out_dir} (once; later runs reuse it)")
-            train.main(CPU_BASE + ["--method", "full", "--out_dir", out_dir])
+            train.main(pretrain + ["--method", "full", "--out_dir", out_dir])
     model, tokenizer = train.load_pretrained(source, dropout=0.0, flag="--base")
     return {"source": source, "config": model.config, "state": model.state_dict(), "tokenizer": tokenizer,
             "params": model.num_params()}
@@ -158,6 +158,7 @@ def finetune(base: dict, examples: dict, method: str, rank: int, lr: float, seed
     before = {name: m.weight.detach().clone() for name, m in model.named_modules()  # full fine-tuning's W0
               if name.rsplit(".", 1)[-1] in TARGETS.split(",") and not isinstance(m, mora.AdapterLinear)}
     optimizer = model.configure_optimizers(0.0, lr, (0.9, 0.99), device.type)  # no weight decay: facts must stay
+    trained = torch.compile(model) if args.compile else model  # the training step only: decoding stays eager
     order = torch.Generator().manual_seed(seed)
     batches = torch.randperm(len(examples["values"]), generator=order)
     sequences, targets = examples["sequences"].to(device), examples["targets"].to(device)  # copied once, not per step
@@ -176,14 +177,14 @@ def finetune(base: dict, examples: dict, method: str, rank: int, lr: float, seed
             batches = torch.cat((batches, torch.randperm(len(examples["values"]), generator=order)))
         idx, batches = batches[:args.batch_size].to(device), batches[args.batch_size:]
         batch = [(sequences[idx, :-1], targets[idx])]
-        loss = train.train_step(model, optimizer, batch, ctx, train.get_lr(step, cfg), cfg.grad_clip)  # no sync
+        loss = train.train_step(trained, optimizer, batch, ctx, train.get_lr(step, cfg), cfg.grad_clip)  # no sync
 
     deltas = {name: layer.delta_weight() for name, layer in mora.adapter_layers(model).items()}
     deltas.update({name: model.get_submodule(name).weight - w0 for name, w0 in before.items()})
     return {"method": method, "rank": rank if method != "full" else None, "lr": lr, "seed": seed,
             "trainable_params": mora.count_trainable(model), "curve": curve, "wall_time_s": time.time() - t0,
             "format_floor": format_floor(examples["values"]), "tokens_per_example": examples["sequences"].shape[1],
-            "spectra": {name: spectrum_stats(d.detach().float().cpu(), args.sv_threshold)
+            "spectra": {name: spectrum_stats(d.detach(), args.sv_threshold)  # on the device: no copy to the CPU
                         for name, d in deltas.items()}}
 
 
@@ -205,6 +206,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="auto: bfloat16 autocast on GPUs that support it")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the training step")
 
 
 def report(runs: list[dict], floor: float) -> list[str]:

@@ -232,14 +232,15 @@ def gpt2_macs(kind: str, r: int, tokens_per_sequence: int, d: int = 768, n_layer
     return total
 
 
-def gpt2_step_bench(preset, device, n_layer: int = 12, d: int = 768, vocab: int = 50257) -> list[dict]:
+def gpt2_step_bench(preset, device, n_layer: int = 12, d: int = 768, vocab: int = 50257,
+                    kinds: tuple[str, ...] = ("lora", *mora.COMPRESSIONS)) -> list[dict]:
     """One fine-tuning step (train.train_step, AdamW) of a GPT-2-small-shaped model per adapter, interleaved; with
     preset["compile"], the timed models are torch.compile'd (the operation counts stay eager: a compiled step fuses
     them, which is the point)."""
     _, ctx, dtype = setup_device(str(device), preset["dtype"])
     batch, length = preset["gpt2_batch"]
     x, y = (torch.randint(0, vocab, (batch, length), device=device) for _ in range(2))  # random tokens: cost only
-    kinds, steps, eager_steps = ["lora", *mora.COMPRESSIONS], [], []
+    steps, eager_steps = [], []
     for kind in kinds:
         torch.manual_seed(0)
         model = GPT(GPTConfig(block_size=length, vocab_size=vocab, n_layer=n_layer, n_head=d // 64, n_embd=d))
@@ -374,8 +375,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", choices=("cpu", "gpu"), help="default: gpu on a CUDA device, else cpu")
     parser.add_argument("--gpt2", action="store_true", help="only the GPT-2-small fine-tuning step and op counts")
     parser.add_argument("--compile", action="store_true", help="torch.compile the GPT-2 step (on in the gpu preset)")
+    parser.add_argument("--kinds", default=",".join(["lora", *mora.COMPRESSIONS]), help="adapters in the GPT-2 step")
     parser.add_argument("--out", default=os.path.join("out", "bench"), help="folder for the JSON results")
     args = parser.parse_args(argv)
+    kinds = args.kinds.split(",")
+    if "lora" not in kinds or not set(kinds) <= {"lora", *mora.COMPRESSIONS}:
+        parser.error(f"--kinds {args.kinds}: lora (the reference) and names among {list(mora.COMPRESSIONS)}")
     device, _, _ = setup_device(args.device)
     name = "quick" if args.quick else args.preset or ("gpu" if device.type == "cuda" else "cpu")
     preset = dict(PRESETS[name], compile=PRESETS[name].get("compile", False) or args.compile)
@@ -383,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
     ranks = [8] if args.quick else [8, 256]
     machine = machine_name(device)
     print(f"bench: preset {name}, device {device} ({machine}), torch {torch.__version__}")
-    gpt2 = gpt2_step_bench(preset, device)
+    gpt2 = gpt2_step_bench(preset, device, kinds=tuple(kinds))
     layers, models, memory = ([], [], []) if args.gpt2 else (layer_bench(shapes, ranks, preset, device),
                                                               model_bench(preset, device), gpt2_memory())
     if not args.gpt2:

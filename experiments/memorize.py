@@ -10,6 +10,7 @@ learning rate on --tune_seed, which is never reported; the --seeds runs then use
     python -m experiments.memorize --methods lora,mora --ranks 4,8,16,32 --tag ranks \\
         --lrs lora=1e-3:3e-3:1e-2:3e-2,mora=3e-3:1e-2:3e-2:1e-1      # the rank sweep, from the cached runs
     python -m experiments.memorize --preset gpu      # one GPU: GPT-2 (124M) from HuggingFace, 1,000 pairs
+    python -m experiments.memorize --preset gpu-offline   # one GPU, no download: a base pretrained here (a check)
 
 Protocol: the tuning score is the mean character accuracy over the checkpoints; each seed draws its own pairs,
 adapter initialization and batch order. Every run is saved under out/uuid/runs/ under a key of everything that
@@ -19,6 +20,7 @@ tables on stdout, out/uuid/<tag>/results.json and, with matplotlib, out/uuid/<ta
 """
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -29,7 +31,8 @@ import torch
 
 import memorize_uuid
 import train
-from model import setup_device
+from model import GPT, setup_device
+from experiments.bench import dispatched
 from experiments.harness import (interval_text, paired_difference, parse_lrs, pick_rate, pyplot, run_main,
                                  save_figure, spread, spread_text, write_json)
 
@@ -40,8 +43,22 @@ PRESETS = {  # flags override any of it
     # LLaMA-2-7B; CPU preset: 0.19), 96 epochs (paper: about 100). Rates: the CPU picks divided by 768 / 144.
     "gpu": {"base": "gpt2", "methods": "full,lora,mora", "pairs": 1000, "steps": 1500, "batch_size": 64,
             "eval_every": 150, "seeds": "1,2,3", "lrs": "3e-4,1e-3,3e-3,1e-2"},
+    # The GPU path without a download (a check, one seed): a base that train.py pretrains on the bundled corpus, wide
+    # enough (512) that every adapted layer takes the operator route; 1,000 pairs over LoRA r=8's 0.44M weights (0.28
+    # bits per parameter), bf16 autocast, a compiled training step. Rates: the CPU picks divided by 512 / 144.
+    "gpu-offline": {"base": None, "methods": "full,lora,mora", "pairs": 1000, "steps": 1500, "batch_size": 64,
+                    "eval_every": 150, "seeds": "1", "lrs": "full=1e-3,lora=3e-3,mora=1e-2", "compile": True},
 }
+BASES = {  # train.py flags of the base that a preset without --base pretrains (once, cached under out/uuid/)
+    "cpu": memorize_uuid.CPU_BASE,
+    "gpu-offline": ["--n_layer", "6", "--n_head", "8", "--n_embd", "512", "--block_size", "80", "--max_iters", "2000",
+                    "--batch_size", "64", "--lr", "3e-3"],
+}
+LAUNCH_S = 5e-6  # a kernel launch, the floor of every operation at these small sizes: the other term of the estimate
 H100_FLOPS = 989e12 * 0.4  # bf16 dense peak of an H100 SXM, at 40% utilization: the assumption of the estimate
+# The code that determines a run's numbers (a change of rounding changes these chaotic runs): part of the cache key.
+CODE_DIGEST = hashlib.sha256(b"".join(open(os.path.join(os.path.dirname(__file__), "..", name), "rb").read()
+                                      for name in ("mora.py", "model.py", "train.py", "memorize_uuid.py"))).hexdigest()
 
 
 def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, device, ctx, label: str) -> dict:
@@ -52,8 +69,9 @@ def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, d
     settings = {"base": base["source"], "base_weights": base["digest"], "tokenizer": base["tokenizer"],
                 "block_size": base["config"].block_size, "pairs": hashlib.sha256(json.dumps(
                     [examples["values"], examples["prompts"]]).encode()).hexdigest(), "method": method, "rank": rank,
-                "lr": lr, "seed": seed, **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "loss_on",
-                                                                         "compress", "dtype", "sv_threshold")}}
+                "lr": lr, "seed": seed, "code": CODE_DIGEST,
+                **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "loss_on", "compress", "dtype",
+                                                 "sv_threshold", "compile")}}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = os.path.join("out", "uuid", "runs", f"{method}-r{rank}-lr{lr:g}-seed{seed}-{key}.json")
     if os.path.exists(path):
@@ -69,6 +87,22 @@ def estimate_flops(base: dict, args, tokens_per_example: int, n_runs: int) -> fl
     train_tokens = args.steps * args.batch_size * tokens_per_example
     eval_tokens = (args.steps // args.eval_every + 1) * args.pairs * tokens_per_example
     return n_runs * base["params"] * (6 * train_tokens + 2 * eval_tokens)
+
+
+def estimate_launches(base: dict, args, examples: dict, n_runs: int, device, ctx) -> int:
+    """Kernel launches of the sweep, eager: the operations of one training step (MoRA, the most) and of one decoding
+    forward, counted here on a throwaway copy of the base, times the steps and the decoding forwards of every run.
+    At these sizes a step is a few milliseconds of arithmetic, so launches, not FLOPs, set the time (--compile fuses
+    many: an upper bound)."""
+    cfg = train.parse_args(["--method", "mora", "--compress", args.compress, "--targets", memorize_uuid.TARGETS])
+    model = train.adapt(GPT(dataclasses.replace(base["config"])), cfg, pretraining=False).to(device)
+    optimizer = model.configure_optimizers(0.0, 1e-3, (0.9, 0.99), device.type)
+    x = examples["sequences"][:args.batch_size, :-1].to(device)
+    step_ops = dispatched(lambda: train.train_step(model, optimizer, [(x, x)], ctx, 1e-3, 1.0))
+    with torch.no_grad(), ctx:
+        forward_ops = dispatched(lambda: model(x))
+    forwards = (args.steps // args.eval_every + 1) * math.ceil(args.pairs / 512) * examples["max_answer"]
+    return n_runs * (args.steps * step_ops + forwards * forward_ops)
 
 
 def mean_accuracy(run: dict) -> float:
@@ -197,19 +231,23 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = os.path.join("out", "uuid", args.tag or args.preset)
 
     device, ctx, dtype = setup_device(args.device, args.dtype)
-    base = memorize_uuid.load_base(args.base)
+    base = memorize_uuid.load_base(args.base, BASES.get(args.preset, memorize_uuid.CPU_BASE), f"base-{args.preset}")
     base["digest"] = hashlib.sha256(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes()
                                              for t in base["state"].values())).hexdigest()  # the weights themselves
     plan = [(m, r) for m in methods for r in ([None] if m == "full" else ranks)]
     n_runs = sum(len(grids[m]) for m, _ in plan if len(grids[m]) > 1) + len(plan) * len(seeds)
     enc = train.get_tokenizer(base["tokenizer"])
-    pairs = memorize_uuid.make_pairs(args.pairs, seeds[0])
-    length = memorize_uuid.encode(pairs, enc, args.loss_on)["sequences"].shape[1]
-    flops = estimate_flops(base, args, length, n_runs)
+    examples = memorize_uuid.encode(memorize_uuid.make_pairs(args.pairs, seeds[0]), enc, args.loss_on)
+    memorize_uuid.check_fits(base, examples)
+    length = examples["sequences"].shape[1]
+    flops, launches = estimate_flops(base, args, length, n_runs), estimate_launches(base, args, examples, n_runs,
+                                                                                     device, ctx)
     print(f"{args.pairs} UUID pairs ({length} tokens each with padding), {args.steps} steps of {args.batch_size}, "
           f"base {base['source']} ({base['params']:,} parameters), seeds {seeds}, tuning seed {args.tune_seed}, "
-          f"{n_runs} runs: about {flops / 1e15:.1f} PFLOP, {flops / H100_FLOPS / 60:.1f} minutes on one H100 at 40% "
-          f"of its bf16 peak (an estimate)")
+          f"{n_runs} runs: about {flops / 1e15:.1f} PFLOP ({flops / H100_FLOPS / 60:.1f} minutes on one H100 at 40% "
+          f"of its bf16 peak) and {launches / 1e6:.1f} million kernel launches eager ({launches * LAUNCH_S / 60:.1f} "
+          f"minutes at 5 us each): an estimate of at most {(flops / H100_FLOPS + launches * LAUNCH_S) / 60:.1f} "
+          f"minutes, compilation aside")
 
     def run(method, rank, lr, seed, label):
         return cached_run(base, method, rank or 8, lr, seed, args, device, ctx, label)
@@ -238,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines = report(summary, tuning, floor, steps) + [""] + spectra_lines(all_runs)
     print("\n" + "\n".join(lines))
     results = {"args": vars(args), "base": base["source"], "dtype": dtype, "estimated_flops": flops,
+               "estimated_launches": launches,
                "format_floor": floor, "tables": lines, "runs": all_runs,
                "summary": [{"method": m, "rank": r, **row} for (m, r), row in summary.items()]}
     write_json(os.path.join(out_dir, "results.json"), results)

@@ -111,3 +111,17 @@ def test_gpu_preset_code_path_on_gpt2_weights_with_bpe_in_bf16(workdir, tiny_gpt
     assert results["dtype"] == "bfloat16" and results["estimated_flops"] > 0
     assert {(r["method"], r["seed"]) for r in results["runs"]} == {("full", 1), ("lora", 1), ("mora", 1)}
     assert all(len(r["curve"]) == 3 for r in results["runs"])
+
+
+def test_offline_gpu_preset_code_path_pretrains_its_own_base(workdir, monkeypatch):
+    """--preset gpu-offline: train.py pretrains the base on the bundled corpus (here a toy one, once), then full,
+    LoRA and MoRA fine-tune with a compiled training step; the estimate counts launches as well as FLOPs."""
+    toy = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "80", "--max_iters", "2",
+           "--batch_size", "2", "--eval_iters", "1"]
+    monkeypatch.setitem(memorize.BASES, "gpu-offline", toy)
+    flags = ["--preset", "gpu-offline", "--pairs", "4", "--steps", "2", "--eval_every", "1", "--batch_size", "2",
+             "--device", "cpu", "--dtype", "float32"]
+    results = memorize.main(flags)
+    assert (workdir / "out" / "uuid" / "base-gpu-offline" / "ckpt.pt").exists()
+    assert results["args"]["compile"] and results["estimated_launches"] > 1000 and results["estimated_flops"] > 0
+    assert {(r["method"], r["seed"]) for r in results["runs"]} == {("full", 1), ("lora", 1), ("mora", 1)}
