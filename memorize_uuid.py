@@ -160,7 +160,7 @@ def finetune(base: dict, examples: dict, method: str, rank: int, lr: float, seed
     optimizer = model.configure_optimizers(0.0, lr, (0.9, 0.99), device.type)  # no weight decay: facts must stay
     trained = torch.compile(model) if args.compile else model  # the training step only: decoding stays eager
     order = torch.Generator().manual_seed(seed)
-    batches = torch.randperm(len(examples["values"]), generator=order)
+    batches = torch.randperm(len(examples["values"]), generator=order).to(device)  # one copy per epoch, not per step
     sequences, targets = examples["sequences"].to(device), examples["targets"].to(device)  # copied once, not per step
     curve, t0, loss = [], time.time(), None
     for step in range(args.steps + 1):
@@ -174,8 +174,8 @@ def finetune(base: dict, examples: dict, method: str, rank: int, lr: float, seed
         if step == args.steps:
             break
         if len(batches) < args.batch_size:  # a new epoch, in a new order
-            batches = torch.cat((batches, torch.randperm(len(examples["values"]), generator=order)))
-        idx, batches = batches[:args.batch_size].to(device), batches[args.batch_size:]
+            batches = torch.cat((batches, torch.randperm(len(examples["values"]), generator=order).to(device)))
+        idx, batches = batches[:args.batch_size], batches[args.batch_size:]
         batch = [(sequences[idx, :-1], targets[idx])]
         loss = train.train_step(trained, optimizer, batch, ctx, train.get_lr(step, cfg), cfg.grad_clip)  # no sync
 
