@@ -33,8 +33,8 @@ import memorize_uuid
 import train
 from model import GPT, setup_device
 from experiments.bench import dispatched
-from experiments.harness import (interval_text, paired_difference, parse_lrs, pick_rate, pyplot, run_main,
-                                 save_figure, spread, spread_text, write_json)
+from experiments.harness import (CODE_DIGEST, interval_text, paired_difference, parse_lrs, pick_rate, pyplot,
+                                 run_main, save_figure, spread, spread_text, write_json)
 
 PRESETS = {  # flags override any of it
     "cpu": {"base": None, "methods": "lora,mora", "seeds": "1",
@@ -56,9 +56,6 @@ BASES = {  # train.py flags of the base that a preset without --base pretrains (
 }
 LAUNCH_S = 5e-6  # a kernel launch, the floor of every operation at these small sizes: the other term of the estimate
 H100_FLOPS = 989e12 * 0.4  # bf16 dense peak of an H100 SXM, at 40% utilization: the assumption of the estimate
-# The code that determines a run's numbers (a change of rounding changes these chaotic runs): part of the cache key.
-CODE_DIGEST = hashlib.sha256(b"".join(open(os.path.join(os.path.dirname(__file__), "..", name), "rb").read()
-                                      for name in ("mora.py", "model.py", "train.py", "memorize_uuid.py"))).hexdigest()
 
 
 def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, device, ctx, label: str) -> dict:

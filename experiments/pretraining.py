@@ -24,8 +24,8 @@ import math
 import os
 
 import train
-from experiments.harness import (interval_text, paired_difference, pick_rate, pyplot, run_main, save_figure,
-                                 spread, spread_text, write_json)
+from experiments.harness import (CODE_DIGEST, interval_text, paired_difference, pick_rate, pyplot, run_main,
+                                 save_figure, spread, spread_text, write_json)
 
 GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "relora"), ("mora", "remora")]  # a - b, paired by seed
 
@@ -37,20 +37,23 @@ def run(root: str, method: str, lr: float, seed: int, train_flags: list[str]) ->
     records = finished(out_dir, flags)
     if records is None:
         train.main(flags)
+        write_json(os.path.join(out_dir, "code.json"), {"digest": CODE_DIGEST})
         records = finished(out_dir, flags)
     return records
 
 
 def finished(out_dir: str, flags: list[str]) -> list[dict] | None:
-    """The records of a run with these flags that completed in out_dir, if there is one."""
-    path = os.path.join(out_dir, "metrics.jsonl")
+    """The records of a run with these flags that completed in out_dir with this code, if there is one."""
+    path, code = os.path.join(out_dir, "metrics.jsonl"), os.path.join(out_dir, "code.json")
     if not os.path.exists(path):
         return None
     records = list(map(json.loads, open(path)))
     config = records[0] if records else {}  # the run's resolved flags: build_model adds what the model fixes
     if any(config.get(k) != v for k, v in vars(train.parse_args(flags)).items()):
         raise train.UserError(f"{out_dir} holds a run with other flags; pass another --tag or delete that folder")
-    return records if any(r["kind"] == "summary" for r in records) else None
+    done = any(r["kind"] == "summary" for r in records)
+    same_code = os.path.exists(code) and json.load(open(code))["digest"] == CODE_DIGEST  # else run again
+    return records if done and same_code else None
 
 
 def nats(loss: float) -> str:

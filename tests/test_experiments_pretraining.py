@@ -54,3 +54,17 @@ def test_reporting_the_tuning_seed_or_other_flags_is_refused():
     compare.main(["--methods", "lora", "--lrs", "1e-2", "--tag", "t", "--tune_only", *TINY])
     with pytest.raises(train.UserError, match="holds a run with other flags"):
         compare.main(["--methods", "lora", "--lrs", "1e-2", "--tag", "t", "--tune_only", *TINY, "--rank", "4"])
+
+
+def test_a_run_by_other_code_is_run_again(workdir, monkeypatch):
+    """A cached run is the identical experiment only if the code that determines its numbers is the same."""
+    args = ["--methods", "lora", "--lrs", "1e-2", "--seeds", "1", "--tag", "code", *TINY]
+    compare.main(args)
+    monkeypatch.setattr(compare, "CODE_DIGEST", "another version of mora.py")
+    trained = []
+    real_main = train.main
+    monkeypatch.setattr(train, "main", lambda flags: trained.append(flags) or real_main(flags))
+    compare.main(args)
+    assert len(trained) == 2  # both runs again: the tuning seed's and the reporting seed's
+    assert json.load(open(workdir / "out" / "compare" / "code" / "lora-lr0.01-seed1" / "code.json")) == {
+        "digest": "another version of mora.py"}
