@@ -161,8 +161,7 @@ class AdapterLinear(nn.Module):
         self.add_delta_(self.base_weight)
         self.reset_adapter()
 
-    # Engineering from here on: dW without the identity, Conv1D's transposed W0, and W0 + dW for the dense route and
-    # for code that reads .weight directly (torch's fused attention).
+    # Engineering from here on: dW without the identity, Conv1D's transposed W0, W0 + dW for the dense route.
     def delta_adder(self):  # None (build dW from the identity), or add(target, start, stop): target += dW[start:stop]
         return None
 
@@ -187,7 +186,7 @@ class AdapterLinear(nn.Module):
         return self.base.weight.t() if is_conv1d(self.base) else self.base.weight
 
     @property
-    def weight(self) -> torch.Tensor:  # W0 + dW, (out, in)
+    def weight(self) -> torch.Tensor:  # W0 + dW (out, in): also what code reading .weight sees (fused attention)
         return (self.base_weight + self.delta_from_identity()).to(self.base_weight.dtype)
 
     @property
@@ -278,12 +277,13 @@ def block_diagonal_adder(c: Truncate, M: torch.Tensor, out_perm: torch.Tensor, i
     period = c.n_blocks * c.r_hat
     blocks = F.pad(c.block_matrices(M).expand(c.n_blocks, -1, -1), (0, 0, 0, 0, 0, 1))  # (n + 1, r^, r^)
     columns = in_perm[torch.arange(period + c.r_hat, device=M.device) % c.in_features].view(-1, c.r_hat)
+    offsets = torch.arange(0, period, c.out_features, device=M.device)  # folding: slots j, j + out, j + 2 out, ...
 
-    def add(target, start, stop):
-        for offset in range(0, period, c.out_features) if c.fold else [0]:
-            slot = (out_perm[start:stop] + offset).clamp(max=period) if c.fold else out_perm[start:stop] % period
-            target.scatter_add_(1, columns[slot // c.r_hat], blocks[slot // c.r_hat, slot % c.r_hat])  # (rows, r^)
-        return target
+    def add(target, start, stop):  # all the slots that each row reads, in one scatter: (rows, slots read * r^)
+        inner = out_perm[start:stop, None]
+        slot = (inner + offsets).clamp(max=period) if c.fold else inner % period
+        block, q = slot // c.r_hat, slot % c.r_hat
+        return target.scatter_add_(1, columns[block].flatten(1), blocks[block, q].flatten(1))
     return add
 
 
