@@ -238,7 +238,7 @@ class MoRALinear(AdapterLinear):
         self.M = nn.Parameter(self.base_weight.new_zeros(self.r_hat, self.r_hat))
         self.register_buffer("in_perm", torch.arange(self.in_features, device=self.base_weight.device))
         self.register_buffer("out_perm", torch.arange(self.out_features, device=self.base_weight.device))
-        self.permuted = False  # no gathers while the permutations are the identity (after a load: assume not)
+        self.permuted = False  # no gathers while the permutations are the identity; a load may bring ReMoRA's
         self.register_load_state_dict_post_hook(lambda layer, _: setattr(layer, "permuted", True))
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
