@@ -45,9 +45,8 @@ def make_pairs(n: int, seed: int) -> list[tuple[str, str]]:
 
 
 def encode(pairs: list[tuple[str, str]], enc, loss_on: str) -> dict:
-    """Token ids of "key:" + value + <eot>, right-padded into one (N, L) tensor, and the next-token targets (N, L-1)
-    with -1 (no loss) on the padding and, for loss_on="value", on everything before the value's first token.
-    Under BPE a UUID takes a varying number of tokens, so the prompts keep their own lengths."""
+    """Token ids of "key:" + value + <eot>, right-padded into one (N, L) tensor, and the next-token targets (N, L-1),
+    -1 (no loss) on the padding and, for loss_on="value", before the value. Prompts keep their lengths (BPE varies)."""
     prompts = [enc.encode_ordinary(f"{key}:") for key, _ in pairs]
     answers = [enc.encode_ordinary(value) + [enc.eot_token] for _, value in pairs]
     length = max(len(p) + len(a) for p, a in zip(prompts, answers))
@@ -144,13 +143,13 @@ def evaluate(model: GPT, examples: dict, enc, ctx, batch: int = 512) -> tuple[fl
 
 def finetune(base: dict, examples: dict, method: str, rank: int, lr: float, seed: int, args, device, ctx,
              label: str) -> dict:
-    """One fine-tuning run on `examples`; returns its accuracy curve and the spectra of its updates. args holds the
-    experiment's flags (steps, batch_size, eval_every, compress, sv_threshold)."""
+    """One fine-tuning run on `examples` (args: the experiment's flags); returns its accuracy curve and spectra."""
     check_fits(base, examples)
     enc = train.get_tokenizer(base["tokenizer"])
     cfg = train.parse_args(["--method", method, "--rank", str(rank), "--compress", args.compress, "--targets", TARGETS,
                             "--lr", str(lr), "--max_iters", str(args.steps), "--warmup", str(args.steps // 20),
-                            "--seed", str(seed)])  # the schedule: warmup, then cosine to lr / 10
+                            "--min_lr_ratio", str(args.min_lr_ratio), "--seed", str(seed)]  # warmup, then cosine
+                           + (["--alpha", str(args.alpha)] if args.alpha else []))
     torch.manual_seed(seed)
     model = GPT(dataclasses.replace(base["config"]))
     model.load_state_dict(base["state"])
@@ -199,6 +198,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compress", default="auto", help="MoRA compression (as train.py's --compress)")
     parser.add_argument("--pairs", type=count, default=64, help="number of UUID pairs to memorize")
     parser.add_argument("--steps", type=count, default=1200, help="fine-tuning steps")
+    parser.add_argument("--min_lr_ratio", type=float, default=0.1, help="the cosine ends at lr * this (1: constant)")
+    parser.add_argument("--alpha", type=train.positive(float), help="LoRA's alpha (scaling alpha / r); default 2r")
     parser.add_argument("--batch_size", type=count, default=32, help="pairs per step")
     parser.add_argument("--eval_every", type=count, default=100, help="steps between accuracy checkpoints")
     parser.add_argument("--loss_on", default="all", choices=("all", "value"), help="tokens in the loss (paper: all)")
@@ -235,8 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
     add_flags(parser)
     parser.add_argument("--rank", type=train.positive(train.integer), default=8, help="LoRA rank (MoRA: its budget)")
-    parser.add_argument("--lrs", default="full=3e-3,lora=1e-2,mora=3e-2", help="one rate per method (the CPU base's "
-                        "rates, picked on a tuning seed: docs/experiments.md)")
+    parser.add_argument("--lrs", default="full=3e-3,lora=1e-2,mora=3e-2", help="a rate per method (tuned: see docs/)")
     parser.add_argument("--seed", type=train.integer, default=1, help="draws the pairs, adapters and batch order")
     args = parser.parse_args(argv)
     rates = dict(item.split("=") for item in args.lrs.split(","))

@@ -68,7 +68,7 @@ def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, d
                     [examples["values"], examples["prompts"]]).encode()).hexdigest(), "method": method, "rank": rank,
                 "lr": lr, "seed": seed, "code": CODE_DIGEST,
                 **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "loss_on", "compress", "dtype",
-                                                 "sv_threshold", "compile")}}
+                                                 "sv_threshold", "compile", "min_lr_ratio", "alpha")}}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = os.path.join("out", "uuid", "runs", f"{method}-r{rank}-lr{lr:g}-seed{seed}-{key}.json")
     if os.path.exists(path):

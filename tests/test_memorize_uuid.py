@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import memorize_uuid
+import mora
 import train
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -100,6 +101,19 @@ def test_finetune_steps_through_train_step(workdir, tiny_base, monkeypatch):
                         "--eval_every", "40", "--batch_size", "2"])
     cfg = train.parse_args(["--method", "mora", "--lr", "3e-2", "--max_iters", "40", "--warmup", "2"])
     assert calls == pytest.approx([train.get_lr(step, cfg) for step in range(40)])
+
+
+def test_a_constant_rate_and_loras_alpha_reach_the_step(workdir, tiny_base, monkeypatch):
+    """--min_lr_ratio 1 holds the rate after warmup (a run that does not decay to nothing before it converges);
+    --alpha sets LoRA's scaling alpha / r."""
+    tiny_base(block_size=80)
+    calls, real_step = [], train.train_step
+    monkeypatch.setattr(train, "train_step", lambda *a, **k: calls.append((a[0], a[4])) or real_step(*a, **k))
+    memorize_uuid.main(["--base", "base/ckpt.pt", "--methods", "lora", "--rank", "2", "--pairs", "4", "--steps", "40",
+                        "--eval_every", "40", "--batch_size", "2", "--min_lr_ratio", "1", "--alpha", "8"])
+    rates = [lr for _, lr in calls]
+    assert rates[:2] == pytest.approx([1e-2 / 3, 2e-2 / 3]) and rates[2:] == pytest.approx([1e-2] * 38)
+    assert {layer.scaling for layer in mora.adapter_layers(calls[0][0]).values()} == {4.0}  # alpha 8 / r 2
 
 
 def test_base_must_hold_a_whole_example(workdir, tiny_base):
