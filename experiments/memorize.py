@@ -58,6 +58,15 @@ LAUNCH_S = 5e-6  # a kernel launch, the floor of every operation at these small 
 H100_FLOPS = 989e12 * 0.4  # bf16 dense peak of an H100 SXM, at 40% utilization: the assumption of the estimate
 
 
+def load_base(source: str | None, preset: str) -> dict:
+    """memorize_uuid.load_base (the preset's own base without a source), with the digest of its weights: part of
+    every run's cache key, so a changed base is never answered from the cache."""
+    base = memorize_uuid.load_base(source, BASES.get(preset, memorize_uuid.CPU_BASE), f"base-{preset}")
+    base["digest"] = hashlib.sha256(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes()
+                                             for t in base["state"].values())).hexdigest()  # the weights themselves
+    return base
+
+
 def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, device, ctx, label: str) -> dict:
     """memorize_uuid.finetune(), or its saved result if this exact run finished before (a sweep continues)."""
     examples = memorize_uuid.encode(memorize_uuid.make_pairs(args.pairs, seed), train.get_tokenizer(base["tokenizer"]),
@@ -228,9 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = os.path.join("out", "uuid", args.tag or args.preset)
 
     device, ctx, dtype = setup_device(args.device, args.dtype)
-    base = memorize_uuid.load_base(args.base, BASES.get(args.preset, memorize_uuid.CPU_BASE), f"base-{args.preset}")
-    base["digest"] = hashlib.sha256(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes()
-                                             for t in base["state"].values())).hexdigest()  # the weights themselves
+    base = load_base(args.base, args.preset)
     plan = [(m, r) for m in methods for r in ([None] if m == "full" else ranks)]
     n_runs = sum(len(grids[m]) for m, _ in plan if len(grids[m]) > 1) + len(plan) * len(seeds)
     enc = train.get_tokenizer(base["tokenizer"])

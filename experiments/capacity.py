@@ -1,0 +1,160 @@
+"""
+Memorization at convergence: how many UUID pairs each method holds once its runs stop improving (the capacity
+curve), and which update rank does the work at equal parameters (the ladder of compressions). memorize_uuid.py's
+runs, trained at a constant rate after warmup for --epochs passes over the pairs, so a larger set trains longer.
+
+    python -m experiments.capacity --pair_counts 64                       # one point of the curve, seeds 1, 2, 3
+    python -m experiments.capacity --pair_counts 64,256,1024 --tag curve  # the curve (finished runs are reused)
+    python -m experiments.capacity --ladder --pair_counts 64              # every compression, and LoRA at r = r^
+
+The estimate printed first is arithmetic (steps x the seconds a step takes, --step_s); each finished run is cached
+under out/uuid/runs/ (memorize's cache, keyed by everything that determines it), so a sweep stopped at any point
+continues. A run has converged when its loss over the last quarter of checkpoints moved by less than --flat (a
+fraction) and ended below half its first value; a run whose accuracy never left the format floor was too short to
+tell. Results: tables on stdout, out/uuid/<tag>/capacity.json and, with matplotlib, out/uuid/<tag>/capacity.png.
+"""
+
+import argparse
+import math
+import os
+import statistics
+
+import memorize_uuid
+import mora
+import train
+from model import setup_device
+from experiments.harness import pyplot, run_main, save_figure, spread, spread_text, write_json
+from experiments.memorize import cached_run, load_base
+
+# label: (memorize_uuid method, compression or None, rank: "r" for --rank, or "r_hat" for LoRA at MoRA-share's r^)
+CURVE = {"lora": ("lora", None, "r"), "mora share": ("mora", "share", "r"), "mora rotate": ("mora", "rotate", "r"),
+         "full": ("full", None, None)}
+LADDER = {"lora": ("lora", None, "r"), **{f"mora {c}": ("mora", c, "r") for c in mora.COMPRESSIONS},
+          "lora r=r^": ("lora", None, "r_hat")}
+
+
+def steps_for(pairs: int, args) -> int:
+    return args.epochs * math.ceil(pairs / args.batch_size)
+
+
+def convergence(run: dict, floor: float, flat: float) -> str:
+    """'converged', 'still improving', or 'at the floor' (never left it: too short to tell), from the run's curve."""
+    losses = [point["loss"] for point in run["curve"] if point["loss"] is not None]
+    if max(point["char_acc"] for point in run["curve"]) <= floor + 0.02:
+        return "at the floor"
+    if len(losses) < 2:
+        return "still improving"
+    tail = losses[-max(2, len(losses) // 4):]
+    moved = (tail[0] - tail[-1]) / tail[0] if tail[0] > 0 else 0.0
+    return "converged" if moved < flat and losses[-1] < 0.5 * losses[0] else "still improving"
+
+
+def effective_rank(run: dict) -> float:  # mean over the adapted layers; size-independent (entropy of the spectrum)
+    stats = [s for s in run["spectra"].values() if s is not None]
+    return statistics.fmean(s["effective_rank"] for s in stats) if stats else math.nan
+
+
+def report(rows: dict, floors: dict) -> list[str]:
+    lines = ["| pairs (format floor) | method | trainable | lr | steps | final char acc (%) | final exact match (%) "
+             "| stays >= 90% from step | effective rank of dW | converged |", "|---" * 10 + "|"]
+    for (pairs, label), runs in rows.items():
+        pct = lambda x: f"{100 * x:.1f}"
+        acc = spread([r["curve"][-1]["char_acc"] for r in runs])
+        exact = spread([r["curve"][-1]["exact_match"] for r in runs])
+        reach = [memorize_uuid.sustained_step(r["curve"], 0.9) for r in runs]
+        states = [r["convergence"] for r in runs]
+        first = runs[0]
+        lines.append(f"| {pairs} ({pct(floors[pairs])}) | {label} | {first['trainable_params']:,} | {first['lr']:g} "
+                     f"| {first['curve'][-1]['step']} | {spread_text(acc, pct)} | {spread_text(exact, pct)} | "
+                     f"{', '.join('-' if s is None else str(s) for s in reach)} | "
+                     f"{statistics.fmean(effective_rank(r) for r in runs):.1f} | "
+                     f"{sum(s == 'converged' for s in states)}/{len(states)}"
+                     + ("" if all(s == "converged" for s in states) else f" ({', '.join(sorted(set(states)))})") + " |")
+    return lines
+
+
+def plot(rows: dict, floors: dict, ladder: bool, path: str) -> bool:
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in dict.fromkeys(label for _, label in rows):
+        points = [(p, rows[p, l]) for p, l in rows if l == label]
+        x = [statistics.fmean(effective_rank(r) for r in runs) if ladder else p for p, runs in points]
+        y = [100 * statistics.fmean(r["curve"][-1]["char_acc"] for r in runs) for _, runs in points]
+        lo = [100 * min(r["curve"][-1]["char_acc"] for r in runs) for _, runs in points]
+        hi = [100 * max(r["curve"][-1]["char_acc"] for r in runs) for _, runs in points]
+        ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]], marker="o",
+                    capsize=3, label=label)
+    if not ladder:
+        ax.plot(sorted(floors), [100 * floors[p] for p in sorted(floors)], "--", color="gray", label="format floor")
+        ax.set_xscale("log")
+    n = len(next(iter(rows.values())))
+    ax.set(xlabel="effective rank of dW (mean over layers)" if ladder else "UUID pairs to memorize",
+           ylabel=f"final character accuracy (%), mean and min-max over {n} seed{'s' if n > 1 else ''}",
+           title="Ladder of update ranks at equal parameters" if ladder else "Memorization at convergence",
+           ylim=(0, 101))
+    save_figure(fig, path)
+    return True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
+    memorize_uuid.add_flags(parser)
+    parser.add_argument("--rank", type=train.positive(train.integer), default=8, help="LoRA rank (MoRA: its budget)")
+    parser.add_argument("--pair_counts", default="64", help="comma-separated numbers of pairs: the points of the curve")
+    parser.add_argument("--epochs", type=train.positive(train.integer), default=600, help="passes over the pairs")
+    parser.add_argument("--ladder", action="store_true", help="every compression and LoRA at r = r^, not the curve")
+    parser.add_argument("--lrs", default="lora=1e-2,mora=3e-2,full=3e-3",
+                        help="a rate per method (lora, mora, full) or per label ('mora share=1e-2'); default: the "
+                             "64-pair picks of docs/experiments.md")
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (not the tuning seed 0)")
+    parser.add_argument("--flat", type=float, default=0.02, help="converged: the loss moved less over the last quarter")
+    parser.add_argument("--step_s", type=float, default=0.15, help="seconds a step takes, for the estimate (the CPU "
+                        "base on one core of this project's CPU: ~0.13, checkpoints included)")
+    parser.add_argument("--tag", default="capacity", help="results folder under out/uuid/")
+    parser.set_defaults(min_lr_ratio=1.0, eval_every=0, pairs=None)
+    args = parser.parse_args(argv)
+    if args.pairs is not None:
+        parser.error(f"--pairs {args.pairs}: here the numbers of pairs are --pair_counts, e.g. --pair_counts 64,256")
+    if args.min_lr_ratio != 1.0:
+        print(f"note: --min_lr_ratio {args.min_lr_ratio}: the rate decays, so the runs may stop before converging")
+    rates = dict(item.rsplit("=", 1) for item in args.lrs.split(","))
+    plan = LADDER if args.ladder else CURVE
+    pairs_list, seeds = [int(p) for p in args.pair_counts.split(",")], [int(s) for s in args.seeds.split(",")]
+    for label, (method, _, _) in plan.items():
+        if label not in rates and method not in rates:
+            parser.error(f"--lrs {args.lrs} gives no rate for {label!r} (or {method!r})")
+    device, ctx, _ = setup_device(args.device, args.dtype)
+    base = load_base(args.base, "cpu")
+    d = base["config"].n_embd
+    rank_of = {"r": args.rank, "r_hat": mora.r_hat(d, d, args.rank), None: None}
+    n_runs, steps = len(pairs_list) * len(plan) * len(seeds), sum(steps_for(p, args) for p in pairs_list) * len(plan)
+    steps *= len(seeds)
+    print(f"{n_runs} runs, {steps:,} steps in all: about {steps * args.step_s / 60:.0f} minutes at {args.step_s} s a "
+          f"step (an estimate; finished runs are reused, and decoding at the checkpoints comes on top)")
+
+    rows, floors = {}, {}  # floors: the format floor of each point, the mean over its seeds' pairs
+    for pairs in pairs_list:
+        point = argparse.Namespace(**{**vars(args), "pairs": pairs, "steps": steps_for(pairs, args),
+                                      "eval_every": args.eval_every or max(1, steps_for(pairs, args) // 20)})
+        for label, (method, compress, rank) in plan.items():
+            point.compress = compress or args.compress
+            lr = float(rates.get(label, rates.get(method)))
+            runs = [cached_run(base, method, rank_of[rank] or args.rank, lr, seed, point, device, ctx,
+                               f"{pairs} pairs, {label} seed {seed}") for seed in seeds]
+            floors[pairs] = statistics.fmean(run["format_floor"] for run in runs)
+            rows[pairs, label] = [{**run, "convergence": convergence(run, floors[pairs], args.flat)} for run in runs]
+    lines = report(rows, floors)
+    print("\n" + "\n".join(lines))
+    out_dir = os.path.join("out", "uuid", args.tag)
+    write_json(os.path.join(out_dir, "capacity.json"), {"args": vars(args), "tables": lines, "format_floor": floors,
+                                                        "runs": {f"{p}/{l}": r for (p, l), r in rows.items()}})
+    figure = os.path.join(out_dir, "capacity.png")
+    print(f"\nresults: {out_dir}/capacity.json" + (f", figure: {figure}" if plot(rows, floors, args.ladder, figure)
+                                                    else ""))
+    return {"tables": lines, "rows": rows, "format_floor": floors}
+
+
+if __name__ == "__main__":
+    run_main(main, "experiments/capacity.py")
