@@ -180,7 +180,7 @@ def finetune(base: dict, examples: dict, method: str, rank: int, lr: float, seed
 
     deltas = {name: layer.delta_weight() for name, layer in mora.adapter_layers(model).items()}
     deltas.update({name: model.get_submodule(name).weight - w0 for name, w0 in before.items()})
-    return {"method": method, "rank": rank if method != "full" else None, "lr": lr, "seed": seed,
+    return {"method": method, "rank": rank if method != "full" else None, "lr": lr, "alpha": cfg.alpha, "seed": seed,
             "trainable_params": mora.count_trainable(model), "curve": curve, "wall_time_s": time.time() - t0,
             "format_floor": format_floor(examples["values"]), "tokens_per_example": examples["sequences"].shape[1],
             "spectra": {name: spectrum_stats(d.detach(), args.sv_threshold)  # on the device: no copy to the CPU

@@ -1,6 +1,6 @@
 """
 UUID memorization over seeds (memorize_uuid.py's experiment, the paper's §5.1): each (method, rank) picks its
-learning rate on --tune_seed, which is never reported; the --seeds runs then use that rate.
+learning rate (LoRA: rate and alpha) on the --tune_seeds, which are never reported; the --seeds runs then use it.
 
     python -m experiments.memorize --methods lora,mora --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --tune_only        # 31 min
     python -m experiments.memorize --methods full --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --tune_only             # 16 min
@@ -11,8 +11,11 @@ learning rate on --tune_seed, which is never reported; the --seeds runs then use
         --lrs lora=1e-3:3e-3:1e-2:3e-2,mora=3e-3:1e-2:3e-2:1e-1      # the rank sweep, from the cached runs
     python -m experiments.memorize --preset gpu      # one GPU: GPT-2 (124M) from HuggingFace, 1,000 pairs
     python -m experiments.memorize --preset gpu-offline   # one GPU, no download: a base pretrained here (a check)
+    python -m experiments.memorize --methods lora --alphas 1,2,4,8 --tune_seeds 0,4 --tune_only \
+        --lrs 1e-3,2e-3,5e-3,1e-2,2e-2,5e-2        # LoRA at its best: rate x alpha, picked on two tuning seeds
 
-Protocol: the tuning score is the mean character accuracy over the checkpoints; each seed draws its own pairs,
+Protocol: the tuning score is the mean character accuracy over the checkpoints, averaged over the tuning seeds; a
+pick whose neighbouring rates score within the tuning seeds' spread is reported as flat. Each seed draws its own pairs,
 adapter initialization and batch order. Every run is saved under out/uuid/runs/ under a key of everything that
 determines it (the pairs themselves, the base model's weights, the tokenizer, method, rank, rate, seed and
 flags), so an interrupted sweep continues and a changed experiment is never answered from the cache. Results:
@@ -33,8 +36,8 @@ import memorize_uuid
 import train
 from model import GPT, setup_device
 from experiments.bench import dispatched
-from experiments.harness import (CODE_DIGEST, interval_text, paired_difference, parse_lrs, pick_rate, pyplot,
-                                 run_main, save_figure, spread, spread_text, write_json)
+from experiments.harness import (CODE_DIGEST, interval_text, paired_difference, parse_lrs, pyplot, run_main,
+                                 save_figure, spread, spread_text, write_json)
 
 PRESETS = {  # flags override any of it
     "cpu": {"base": None, "methods": "lora,mora", "seeds": "1",
@@ -115,8 +118,26 @@ def mean_accuracy(run: dict) -> float:
     return statistics.fmean(point["char_acc"] for point in run["curve"])
 
 
-def name_of(method: str, rank: int | None) -> str:
-    return method if method == "full" else f"{method} r={rank}"
+def name_of(method: str, rank: int | None, alpha: float | None = None) -> str:
+    """'full', 'mora r=8', 'lora r=8', or with LoRA's alpha when it is not the default 2r: 'lora r=8 alpha=4r'."""
+    alpha_text = f" alpha={alpha:g}r" if alpha not in (None, 2) else ""
+    return method if method == "full" else f"{method} r={rank}{alpha_text}"
+
+
+def pick(scores: dict, grid: list[float], alphas: list) -> tuple[tuple, list[str]]:
+    """The (rate, alpha) with the highest mean score over the tuning seeds, and what to say of it: at an edge of a
+    grid (widen it), or flat (a neighbouring rate at its alpha scores within the spread of its own seeds)."""
+    mean = {combo: statistics.fmean(s) for combo, s in scores.items()}
+    lr, alpha = best = max(mean, key=mean.get)
+    notes = [] if len(grid) < 2 or 0 < grid.index(lr) < len(grid) - 1 else [
+        f"its best rate {lr:g} is at the edge of the grid {grid}; widen it"]
+    if len(alphas) > 1 and alphas.index(alpha) in (0, len(alphas) - 1):
+        notes.append(f"its best alpha {alpha:g}r is at the edge of {alphas}; widen it")
+    low, high = min(scores[best]), max(scores[best])
+    neighbours = [grid[i] for i in (grid.index(lr) - 1, grid.index(lr) + 1) if 0 <= i < len(grid)]
+    if len(scores[best]) > 1 and any(low <= mean[n, alpha] <= high for n in neighbours):
+        notes.append("flat: a neighbouring rate scores within the tuning seeds' spread")
+    return best, notes
 
 
 def pct(x: float) -> str:
@@ -128,7 +149,7 @@ def summarize(groups: dict, seeds: list[int], steps: list[int]) -> dict:
     summary = {}
     for (method, rank), runs in groups.items():
         summary[method, rank] = {
-            "lr": runs[0]["lr"], "trainable_params": runs[0]["trainable_params"],
+            "lr": runs[0]["lr"], "alpha": runs[0].get("alpha"), "trainable_params": runs[0]["trainable_params"],
             "char_acc": {s: spread([r["curve"][i]["char_acc"] for r in runs]) for i, s in enumerate(steps)},
             "exact_match": {s: spread([r["curve"][i]["exact_match"] for r in runs]) for i, s in enumerate(steps)},
             "reach_90": [memorize_uuid.sustained_step(r["curve"], 0.9) for r in runs],
@@ -155,7 +176,8 @@ def report(summary: dict, tuning: list[str], floor: float, steps: list[int]) -> 
     for (method, rank), row in summary.items():
         cells = [spread_text(row["char_acc"][s], pct) for s in shown]
         exact = row["exact_match"][steps[-1]]
-        lines.append(f"| {name_of(method, rank)} | {row['trainable_params']:,} | {row['lr']:g} | " + " | ".join(cells)
+        name = name_of(method, rank) + (f" alpha={row['alpha']:g}" if row["alpha"] else "")
+        lines.append(f"| {name} | {row['trainable_params']:,} | {row['lr']:g} | " + " | ".join(cells)
                      + f" | {spread_text(exact, pct, with_range=False)} | {reach_summary(row['reach_90'])} |")
     pairs = [(m, r) for m, r in summary if m == "mora" and ("lora", r) in summary]
     if pairs:
@@ -219,8 +241,9 @@ def main(argv: list[str] | None = None) -> dict:
                                      parents=[preset])
     memorize_uuid.add_flags(parser)
     parser.add_argument("--ranks", default="8", help="comma-separated LoRA ranks (MoRA gets the same budgets)")
-    parser.add_argument("--lrs", help="a grid tuned on --tune_seed ('3e-3,1e-2'), or per method 'lora=1e-3:1e-2,...'")
-    parser.add_argument("--tune_seed", type=train.integer, default=0, help="seed for picking rates; never reported")
+    parser.add_argument("--lrs", help="a grid tuned on --tune_seeds ('3e-3,1e-2'), or per method 'lora=1e-3:1e-2,...'")
+    parser.add_argument("--tune_seeds", default="0", help="seeds for picking rates (by their mean); never reported")
+    parser.add_argument("--alphas", default="2", help="LoRA's alpha as multiples of r, tuned with the rate: '1,2,4,8'")
     parser.add_argument("--seeds", help="comma-separated seeds to report (not the tuning seed)")
     parser.add_argument("--tune_only", action="store_true", help="stop after tuning (the sweep continues later)")
     parser.add_argument("--tag", help="results folder under out/uuid/; default: the preset's name")
@@ -230,16 +253,18 @@ def main(argv: list[str] | None = None) -> dict:
     if not set(methods) <= {"full", "lora", "mora"}:
         parser.error(f"--methods takes full, lora and mora, got {args.methods}")
     ranks, seeds = [int(r) for r in args.ranks.split(",")], [int(s) for s in args.seeds.split(",")]
-    if args.tune_seed in seeds:
-        parser.error(f"--seeds {args.seeds} contains --tune_seed {args.tune_seed}: the seed rates are picked on "
-                     f"is not reported")
+    tune_seeds, alphas = [int(s) for s in args.tune_seeds.split(",")], [float(a) for a in args.alphas.split(",")]
+    if set(tune_seeds) & set(seeds):
+        parser.error(f"--seeds {args.seeds} and --tune_seeds {args.tune_seeds} share a seed: the seeds rates are "
+                     f"picked on are not reported")
     grids = parse_lrs(args.lrs, methods)
     out_dir = os.path.join("out", "uuid", args.tag or args.preset)
 
     device, ctx, dtype = setup_device(args.device, args.dtype)
     base = load_base(args.base, args.preset)
     plan = [(m, r) for m in methods for r in ([None] if m == "full" else ranks)]
-    n_runs = sum(len(grids[m]) for m, _ in plan if len(grids[m]) > 1) + len(plan) * len(seeds)
+    combos = {m: [(lr, a) for a in (alphas if m == "lora" else [None]) for lr in grids[m]] for m in methods}
+    n_runs = sum(len(combos[m]) * len(tune_seeds) for m, _ in plan if len(combos[m]) > 1) + len(plan) * len(seeds)
     enc = train.get_tokenizer(base["tokenizer"])
     examples = memorize_uuid.encode(memorize_uuid.make_pairs(args.pairs, seeds[0]), enc, args.loss_on)
     memorize_uuid.check_fits(base, examples)
@@ -247,29 +272,33 @@ def main(argv: list[str] | None = None) -> dict:
     flops, launches = estimate_flops(base, args, length, n_runs), estimate_launches(base, args, examples, n_runs,
                                                                                      device, ctx)
     print(f"{args.pairs} UUID pairs ({length} tokens each with padding), {args.steps} steps of {args.batch_size}, "
-          f"base {base['source']} ({base['params']:,} parameters), seeds {seeds}, tuning seed {args.tune_seed}, "
+          f"base {base['source']} ({base['params']:,} parameters), seeds {seeds}, tuning seeds {tune_seeds}, "
           f"{n_runs} runs: about {flops / 1e15:.1f} PFLOP ({flops / H100_FLOPS / 60:.1f} minutes on one H100 at 40% "
           f"of its bf16 peak) and {launches / 1e6:.1f} million kernel launches eager ({launches * LAUNCH_S / 60:.1f} "
           f"minutes at 5 us each): an estimate of at most {(flops / H100_FLOPS + launches * LAUNCH_S) / 60:.1f} "
           f"minutes, compilation aside")
 
-    def run(method, rank, lr, seed, label):
-        return cached_run(base, method, rank or 8, lr, seed, args, device, ctx, label)
+    def run(method, rank, lr, alpha, seed, label):  # alpha: a multiple of r; the default 2r leaves --alpha unset
+        flags = argparse.Namespace(**{**vars(args), "alpha": None if alpha in (None, 2) else alpha * (rank or 8)})
+        return cached_run(base, method, rank or 8, lr, seed, flags, device, ctx, label)
 
     groups, tuning, all_runs = {}, [], []
     for method, rank in plan:
-        grid = grids[method]
-        lr = grid[0]
-        if len(grid) > 1:
-            tuned = [run(method, rank, g, args.tune_seed, f"[tune] {name_of(method, rank)} lr={g:g}") for g in grid]
-            lr, warning = pick_rate(grid, [mean_accuracy(t) for t in tuned])
-            tuning.append(f"tuning seed {args.tune_seed}, {name_of(method, rank)}: mean accuracy over checkpoints "
-                          + ", ".join(f"{pct(mean_accuracy(t))}% at {g:g}" for t, g in zip(tuned, grid))
-                          + f"; picked {lr:g}" + (f". WARNING: {warning}" if warning else ""))
+        lr, alpha = combos[method][0]
+        if len(combos[method]) > 1:
+            scores = {(g, a): [mean_accuracy(run(method, rank, g, a, s, f"[tune] {name_of(method, rank, a)} lr={g:g} "
+                                                 f"seed {s}")) for s in tune_seeds] for g, a in combos[method]}
+            (lr, alpha), notes = pick(scores, grids[method], alphas)
+            tuning.append(f"tuning seeds {tune_seeds}, {name_of(method, rank)}: mean accuracy over checkpoints "
+                          + ", ".join(f"{'/'.join(pct(x) for x in s)}% at {g:g}" + (f" alpha {a:g}r" if a else "")
+                                      for (g, a), s in scores.items())
+                          + f"; picked {lr:g}" + (f" alpha {alpha:g}r" if alpha else "")
+                          + "".join(f". NOTE: {note}" for note in notes))
             print(tuning[-1])
         if args.tune_only:
             continue
-        groups[method, rank] = [run(method, rank, lr, s, f"{name_of(method, rank)} lr={lr:g} seed {s}") for s in seeds]
+        groups[method, rank] = [run(method, rank, lr, alpha, s, f"{name_of(method, rank, alpha)} lr={lr:g} seed {s}")
+                                for s in seeds]
         all_runs += groups[method, rank]
 
     if args.tune_only:

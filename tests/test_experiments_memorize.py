@@ -88,7 +88,7 @@ def test_tuned_multi_seed_run_writes_every_field_and_resumes(workdir, tiny_base,
     assert abs(mora_["trainable_params"] / lora["trainable_params"] - 1) < 0.1  # r=2 on d=32: 1,048 vs 1,152
     assert any(line.startswith("| lora r=2 |") for line in saved["tables"])
     assert any("Paired difference MoRA - LoRA" in line for line in saved["tables"])
-    assert sum("tuning seed 0" in line and "edge of the grid" in line for line in saved["tables"]) == 2
+    assert sum("tuning seeds [0]" in line and "edge of the grid" in line for line in saved["tables"]) == 2
 
     monkeypatch.setattr(memorize_uuid, "finetune", lambda *a, **k: pytest.fail("a finished run was run again"))
     assert memorize.main(args)["tables"] == results["tables"]
@@ -99,7 +99,7 @@ def test_tuned_multi_seed_run_writes_every_field_and_resumes(workdir, tiny_base,
 
 def test_reporting_on_the_tuning_seed_is_refused(workdir):
     with pytest.raises(SystemExit):
-        memorize.main(["--base", "base/ckpt.pt", "--seeds", "0,1", "--tune_seed", "0"])
+        memorize.main(["--base", "base/ckpt.pt", "--seeds", "0,1", "--tune_seeds", "0"])
 
 
 def test_gpu_preset_code_path_on_gpt2_weights_with_bpe_in_bf16(workdir, tiny_gpt2_folder):
@@ -125,3 +125,31 @@ def test_offline_gpu_preset_code_path_pretrains_its_own_base(workdir, monkeypatc
     assert (workdir / "out" / "uuid" / "base-gpu-offline" / "ckpt.pt").exists()
     assert results["args"]["compile"] and results["estimated_launches"] > 1000 and results["estimated_flops"] > 0
     assert {(r["method"], r["seed"]) for r in results["runs"]} == {("full", 1), ("lora", 1), ("mora", 1)}
+
+
+def test_picking_rate_and_alpha_by_the_tuning_seeds_mean():
+    grid, alphas = [1e-3, 1e-2, 1e-1], [1.0, 2.0, 4.0]
+    scores = {(lr, a): [0.1, 0.1] for lr in grid for a in alphas}
+    scores[1e-2, 2.0] = [0.50, 0.70]  # the best mean, inside both grids
+    scores[1e-3, 2.0] = [0.30, 0.34]  # its neighbours: below the spread of its seeds (0.50-0.70)
+    assert memorize.pick(scores, grid, alphas) == ((1e-2, 2.0), [])
+    scores[1e-1, 2.0] = [0.55, 0.57]  # a neighbour within that spread: a flat pick, not an optimum
+    flat = "flat: a neighbouring rate scores within the tuning seeds' spread"
+    assert memorize.pick(scores, grid, alphas)[1] == [flat]
+    scores[1e-2, 4.0] = [0.9, 0.9]  # the best alpha at the edge of its grid
+    (lr, alpha), notes = memorize.pick(scores, grid, alphas)
+    assert (lr, alpha) == (1e-2, 4.0) and any("alpha 4r is at the edge" in note for note in notes)
+    assert memorize.name_of("lora", 8, 4.0) == "lora r=8 alpha=4r" and memorize.name_of("lora", 8, 2.0) == "lora r=8"
+
+
+def test_lora_tunes_rate_and_alpha_on_two_seeds(workdir, tiny_base):
+    tiny_base(block_size=80)
+    args = ["--base", "base/ckpt.pt", "--methods", "lora", "--ranks", "2", "--pairs", "4", "--steps", "2",
+            "--eval_every", "2", "--batch_size", "2", "--lrs", "1e-3,1e-2", "--alphas", "1,2", "--tune_seeds", "0,4",
+            "--seeds", "1", "--tag", "alpha"]
+    results = memorize.main(args)
+    assert len(list((workdir / "out" / "uuid" / "runs").glob("*.json"))) == 2 * 2 * 2 + 1  # rates x alphas x seeds
+    line = next(line for line in results["tables"] if line.startswith("tuning seeds [0, 4], lora r=2"))
+    assert "at 0.001 alpha 1r" in line and "at 0.01 alpha 2r" in line and "; picked " in line
+    picked_alpha = float(line.split("; picked ")[1].split(" alpha ")[1].split("r")[0])
+    assert results["runs"][0]["alpha"] == (None if picked_alpha == 2 else picked_alpha * 2)  # absolute alpha, r = 2
