@@ -113,10 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--step_s", type=float, default=0.15, help="seconds a step takes, for the estimate (the CPU "
                         "base on one core of this project's CPU: ~0.13, checkpoints included)")
     parser.add_argument("--tag", default="capacity", help="results folder under out/uuid/")
-    parser.set_defaults(min_lr_ratio=1.0, eval_every=0, pairs=None)
+    parser.set_defaults(min_lr_ratio=1.0, eval_every=0, pairs=None, steps=None, methods=None)
     args = parser.parse_args(argv)
-    if args.pairs is not None:
-        parser.error(f"--pairs {args.pairs}: here the numbers of pairs are --pair_counts, e.g. --pair_counts 64,256")
+    instead = {"pairs": "--pair_counts 64,256", "steps": "--epochs (steps follow the pairs)", "methods": "--ladder"}
+    for flag, replacement in instead.items():  # memorize_uuid's flags that this sweep sets itself
+        if getattr(args, flag) is not None:
+            parser.error(f"--{flag} {getattr(args, flag)}: this sweep sets it; use {replacement}")
     if args.min_lr_ratio != 1.0:
         print(f"note: --min_lr_ratio {args.min_lr_ratio}: the rate decays, so the runs may stop before converging")
     rates = dict(item.rsplit("=", 1) for item in args.lrs.split(","))

@@ -52,6 +52,7 @@ def test_a_toy_curve_and_ladder_report_every_point_and_resume(workdir, tiny_base
     assert ladder["rows"][4, "lora r=r^"][0]["rank"] == 11  # MoRA-share's r^ at 32 x 32, r = 2: sqrt(64 * 2) = 11.3
 
 
-def test_the_pair_counts_are_their_own_flag(workdir):
-    with pytest.raises(SystemExit):  # --pairs (memorize_uuid's single number) would be silently ignored here
-        capacity.main(["--pairs", "256"])
+@pytest.mark.parametrize("flag", [["--pairs", "256"], ["--steps", "100"], ["--methods", "lora"]])
+def test_the_flags_this_sweep_sets_itself_are_refused(workdir, flag):
+    with pytest.raises(SystemExit):  # memorize_uuid's flags that would otherwise be silently ignored here
+        capacity.main(flag)
