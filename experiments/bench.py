@@ -118,11 +118,13 @@ def layer_bench(shapes, ranks, preset, device) -> list[dict]:
         fwd_bwd = lambda layer: time_it(lambda: layer(x).sum().backward())[0]
         base = make_layer("base", n_in, n_out, 0, device, None)
         base_ms = fwd_bwd(base)
-        weight, weight_bf16 = torch.empty(n_out, n_in, device=device), base.weight.bfloat16()
-        # Floors: writing a weight-sized tensor once into memory that exists (copy_, in float32 and in bf16), and
-        # into a new tensor (clone: on CPU the OS zero-fills every fresh page first, which costs more than the write).
+        weight, base_bf16 = torch.empty(n_out, n_in, device=device), base.weight.bfloat16()
+        weight_bf16 = torch.empty_like(base_bf16)
+        # Floors: writing a weight-sized tensor once into memory that exists (copy_, float32 to float32 and bf16 to
+        # bf16: no conversion), and into a new tensor (clone: on CPU the OS zero-fills every fresh page first, which
+        # costs more than the write).
         copy_floor, alloc_floor, copy_bf16 = time_it(lambda: weight.copy_(base.weight), base.weight.clone,
-                                                     lambda: weight_bf16.copy_(weight))
+                                                     lambda: weight_bf16.copy_(base_bf16))
         for r in ranks:
             routes = [None, False] if n_in * n_out <= mora.DENSE_MAX_WEIGHTS else [None]
             for dense in routes:

@@ -24,7 +24,7 @@ import mora
 import train
 from model import setup_device
 from experiments.harness import pyplot, run_main, save_figure, spread, spread_text, write_json
-from experiments.memorize import cached_run, load_base
+from experiments.memorize import cached_run, load_base, pct
 
 # label: (memorize_uuid method, compression or None, rank: "r" for --rank, or "r_hat" for LoRA at MoRA-share's r^)
 CURVE = {"lora": ("lora", None, "r"), "mora share": ("mora", "share", "r"), "mora rotate": ("mora", "rotate", "r"),
@@ -58,7 +58,6 @@ def report(rows: dict, floors: dict) -> list[str]:
     lines = ["| pairs (format floor) | method | trainable | lr | steps | final char acc (%) | final exact match (%) "
              "| stays >= 90% from step | effective rank of dW | converged |", "|---" * 10 + "|"]
     for (pairs, label), runs in rows.items():
-        pct = lambda x: f"{100 * x:.1f}"
         acc = spread([r["curve"][-1]["char_acc"] for r in runs])
         exact = spread([r["curve"][-1]["exact_match"] for r in runs])
         reach = [memorize_uuid.sustained_step(r["curve"], 0.9) for r in runs]
