@@ -191,7 +191,7 @@ def finetune(base: dict, examples: dict, method: str, rank: int, lr: float, seed
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """The experiment's flags, shared with the multi-seed harness (experiments/memorize.py)."""
-    count = train.positive(train.integer)
+    count, number = train.numeric(int, positive=True), train.numeric(float, positive=True)
     parser.add_argument("--base", help="train.py full checkpoint, GPT-2 name or HuggingFace folder; default: a small "
                                        "GPT pretrained once by train.py")
     parser.add_argument("--methods", default="lora,mora", help="comma-separated: full, lora, mora")
@@ -199,7 +199,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=count, default=64, help="number of UUID pairs to memorize")
     parser.add_argument("--steps", type=count, default=1200, help="fine-tuning steps")
     parser.add_argument("--min_lr_ratio", type=float, default=0.1, help="the cosine ends at lr * this (1: constant)")
-    parser.add_argument("--alpha", type=train.positive(float), help="LoRA's alpha (scaling alpha / r); default 2r")
+    parser.add_argument("--alpha", type=number, help="LoRA's alpha (scaling alpha / r); default 2r")
     parser.add_argument("--batch_size", type=count, default=32, help="pairs per step")
     parser.add_argument("--eval_every", type=count, default=100, help="steps between accuracy checkpoints")
     parser.add_argument("--loss_on", default="all", choices=("all", "value"), help="tokens in the loss (paper: all)")
@@ -235,9 +235,9 @@ def report(runs: list[dict], floor: float) -> list[str]:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
     add_flags(parser)
-    parser.add_argument("--rank", type=train.positive(train.integer), default=8, help="LoRA rank (MoRA: its budget)")
+    parser.add_argument("--rank", type=train.numeric(int, positive=True), default=8, help="LoRA rank; MoRA: its budget")
     parser.add_argument("--lrs", default="full=3e-3,lora=1e-2,mora=3e-2", help="a rate per method (tuned: see docs/)")
-    parser.add_argument("--seed", type=train.integer, default=1, help="draws the pairs, adapters and batch order")
+    parser.add_argument("--seed", type=train.numeric(int), default=1, help="draws the pairs, adapters and batch order")
     args = parser.parse_args(argv)
     rates = dict(item.split("=") for item in args.lrs.split(","))
     methods = args.methods.split(",")

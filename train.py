@@ -46,7 +46,6 @@ class UserError(Exception):  # a mistake in the flags, data or files: one line (
 
 
 # --- Data: tokenizer, corpus, batches
-
 ENCODINGS = {"bytes": lambda: tiktoken.Encoding(  # 256 bytes + <|endoftext|>: nothing to download; add yours here
     name="bytes", pat_str=r"(?s).{1,256}", mergeable_ranks={bytes([i]): i for i in range(256)},
     special_tokens={"<|endoftext|>": 256})}
@@ -99,24 +98,16 @@ def get_batch(ids: np.ndarray, args, generator, device, rank=0, world=1) -> tupl
     starts = starts[rank * args.batch_size:(rank + 1) * args.batch_size]  # one draw for all: one state resumes all
     windows = torch.from_numpy(np.stack([ids[i:i + args.block_size + 1] for i in starts.tolist()]).astype(np.int64))
     x, y = windows[:, :-1], windows[:, 1:]  # y is x shifted by one token
-    if device.type == "cuda":  # pinned memory lets the copy overlap with the GPU's work
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+    pin = device.type == "cuda"  # pinned memory lets the copy overlap with the GPU's work
+    return tuple((t.pin_memory() if pin else t).to(device, non_blocking=pin) for t in (x, y))
 
 
 # --- Flags: every setting of a run, printed and saved in its checkpoint
-
-def integer(text: str) -> int:  # also accepts 5e3
-    if not float(text).is_integer():
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    return int(float(text))
-
-
-def positive(kind):
+def numeric(kind, positive: bool = False):  # an argparse type; an int may be written 5e3, as nanoGPT's cannot
     def parse(text: str):
-        if kind(text) <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return kind(text)
+        if kind is int and not float(text).is_integer() or positive and float(text) <= 0:
+            raise argparse.ArgumentTypeError(f"expected a{' positive' if positive else 'n'} {kind.__name__}: {text!r}")
+        return kind(float(text))
     return parse
 
 
@@ -134,8 +125,7 @@ def compression(spec: str):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
-    count, number = positive(integer), positive(float)
-    # the model from scratch (a pretrained one brings its own), data, what trains, optimizer, evaluation, system
+    count, integer, number = numeric(int, positive=True), numeric(int), numeric(float, positive=True)
     p.add_argument("--n_layer", type=count, default=4, help="transformer blocks")
     p.add_argument("--n_head", type=count, default=4, help="attention heads per block")
     p.add_argument("--n_embd", type=count, default=128, help="model width")
@@ -151,6 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=number, help="LoRA alpha (scaling alpha/r); default 2*rank")
     p.add_argument("--merge_every", type=count, default=150, help="ReLoRA/ReMoRA: merge and restart every N steps")
     p.add_argument("--restart_warmup", type=integer, default=10, help="ReLoRA/ReMoRA: lr re-warmup steps after each")
+    p.add_argument("--schedule", default="jagged", choices=("jagged", "cycle"), help="one cosine, or one per restart")
+    p.add_argument("--reset", default="drop", choices=("drop", "random", "magnitude"), help="drop/prune Adam's moments")
     p.add_argument("--batch_size", type=count, default=32, help="sequences per micro-batch, per process")
     p.add_argument("--grad_accum", type=count, default=1, help="micro-batches per optimizer step, per process")
     p.add_argument("--lr", type=number, default=1e-2, help="peak learning rate")
@@ -181,7 +173,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- The model: from scratch, from pretrained weights, or from a checkpoint; then adapted
-
 def adapt(model: GPT, args, pretraining: bool) -> GPT:
     """Give `model` the adapters of args.method; for pretraining, keep embeddings, norms and head trainable."""
     if args.method == "full":
@@ -241,18 +232,26 @@ def load_pretrained(source: str, dropout: float, flag: str = "--init_from") -> t
     return model, checkpoint["config"]["tokenizer"]
 
 
-# --- Training: the schedule, one optimizer step, restarts, evaluation, checkpoints
+# --- Training: the schedule, one optimizer step, restarts, evaluation, checkpoints; the run: setup, loop, summary
+def cosine(step: int, steps: int, warmup: int, peak: float, floor: float) -> float:
+    """Linear warmup to peak over `warmup` steps, then half a cosine from peak down to floor at `steps`."""
+    if step < warmup:
+        return peak * (step + 1) / (warmup + 1)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
 
 def get_lr(it: int, args) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio; ReLoRA/ReMoRA re-warm after every restart (jagged)."""
-    if it < args.warmup:
-        return args.lr * (it + 1) / (args.warmup + 1)
-    progress = min(1.0, (it - args.warmup) / max(1, args.max_iters - args.warmup))
-    lr = args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-    since_restart = it % args.merge_every
-    if args.method in RESTART_METHODS and it >= args.merge_every and since_restart < args.restart_warmup:
-        lr *= (since_restart + 1) / (args.restart_warmup + 1)  # the fresh adapters start from zero: ease them in
-    return lr
+    """Warmup, then cosine decay to lr * min_lr_ratio. ReLoRA/ReMoRA re-warm after every restart (the fresh adapters
+    start from zero): --schedule jagged within the one cosine (ReLoRA's), cycle into a fresh cosine from the rate it
+    reached down to the same floor (the MoRA authors' script: with --min_lr_ratio 0, as theirs, down to zero)."""
+    floor, start, peak, warmup = args.lr * args.min_lr_ratio, 0, args.lr, args.warmup
+    restarts = range(args.merge_every, it + 1, args.merge_every) if args.method in RESTART_METHODS else ()
+    for restart in restarts if args.schedule == "cycle" else ():  # cycle k starts at the rate cycle k - 1 reached
+        peak = cosine(restart - 1 - start, args.max_iters - start, warmup, peak, floor)
+        start, warmup = restart, args.restart_warmup
+    lr = cosine(it - start, args.max_iters - start, warmup, peak, floor)
+    jagged = args.schedule == "jagged" and restarts
+    return lr * min(1.0, (it - restarts[-1] + 1) / (args.restart_warmup + 1)) if jagged else lr
 
 
 def train_step(model, optimizer, micro_batches: list, ctx, lr: float, grad_clip: float) -> torch.Tensor:
@@ -276,13 +275,17 @@ def train_step(model, optimizer, micro_batches: list, ctx, lr: float, grad_clip:
     return total
 
 
-def restart_adapters(model: GPT, optimizer: torch.optim.Optimizer) -> None:
-    """ReLoRA / ReMoRA: merge every adapter into W0 (which starts a fresh one) and drop its Adam state (step count too,
-    as the authors do): the moments belong to the old adapter's directions, now in W0, and would push the new one on."""
+def restart_adapters(model: GPT, optimizer: torch.optim.Optimizer, reset: str = "drop") -> None:
+    """ReLoRA / ReMoRA: merge every adapter into W0 (which starts a fresh one) and reset its Adam state, whose moments
+    belong to the old adapter's directions, now in W0: drop it, step count too (the MoRA authors), or keep the step and
+    prune each moment (ReLoRA): zero all but a random 0.1% of its entries, or all but its largest 10% in magnitude."""
     for layer in mora.adapter_layers(model).values():
         layer.merge()
         for p in layer.parameters():
-            optimizer.state.pop(p, None)
+            state = optimizer.state.pop(p, {}) if reset == "drop" else optimizer.state.get(p, {})  # AdamW's, if any
+            for moment in [state[key] for key in ("exp_avg", "exp_avg_sq") if key in state and reset != "drop"]:
+                size = moment.abs()
+                moment.mul_(torch.rand_like(moment) > 0.999 if reset == "random" else size > size.quantile(0.9))
 
 
 @torch.no_grad()
@@ -303,8 +306,7 @@ def save_checkpoint(path: str, checkpoint: dict) -> None:
         torch.save(checkpoint, path + ".tmp")
         os.replace(path + ".tmp", path)
     finally:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
+        Path(path + ".tmp").unlink(missing_ok=True)  # after a failed save: no half-written file left behind
 
 
 def load_checkpoint(path: str) -> dict:
@@ -316,8 +318,6 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"checkpoint {path} cannot be read, it is corrupt or truncated ({type(e).__name__}); "
                         f"delete it or start over with --init_from scratch") from None
 
-
-# --- The run: setup, loop, summary
 
 def setup(args) -> SimpleNamespace:
     """Everything a run needs, on every process: torchrun starts one per GPU (nccl) or per CPU worker (gloo)."""
@@ -370,6 +370,7 @@ def log(run, text: str | None, **entry) -> None:  # print text, append entry to 
 def train(run, args) -> tuple[float, int | None]:
     """The loop, from run.iter_num to --max_iters: returns the last validation loss and the step it diverged at."""
     t_last, since_log, loss_sum, val_loss = time.time(), 0, 0.0, math.nan
+    restarts = range(args.merge_every, args.max_iters, args.merge_every) if args.method in RESTART_METHODS else ()
     while True:
         if run.iter_num % args.eval_interval == 0 or run.iter_num == args.max_iters:
             val_loss = evaluate(run.model, run.data["val"], args, run.device, run.ctx)
@@ -396,15 +397,14 @@ def train(run, args) -> tuple[float, int | None]:
                      f"{dt * (args.max_iters - run.iter_num) / 60:.1f} min", kind="train", iter=run.iter_num - 1,
                 loss=loss, lr=lr, ms_per_iter=dt * 1000)
             t_last, since_log, loss_sum = time.time(), 0, 0.0
-        at_restart = args.method in RESTART_METHODS and run.iter_num % args.merge_every == 0
-        at_restart = at_restart and run.iter_num < args.max_iters
+        restart = run.iter_num in restarts
         # A diverged run stops before a restart could merge nan into W0 for good (every rank alike: equal weights).
-        if (at_log or at_restart) and not all(p.isfinite().all() for p in run.raw_model.parameters()):
+        if (at_log or restart) and not all(p.isfinite().all() for p in run.raw_model.parameters()):
             log(run, f"iter {run.iter_num}: the weights are no longer finite: training diverged (lower --lr)",
                 kind="diverged", iter=run.iter_num)
             return math.nan, run.iter_num
-        if at_restart:
-            restart_adapters(run.raw_model, run.optimizer)
+        if restart:
+            restart_adapters(run.raw_model, run.optimizer, args.reset)
             log(run, f"iter {run.iter_num}: merged and restarted the adapters", kind="restart", iter=run.iter_num)
 
 

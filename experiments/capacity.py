@@ -100,9 +100,10 @@ def plot(rows: dict, floors: dict, ladder: bool, path: str) -> bool:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
     memorize_uuid.add_flags(parser)
-    parser.add_argument("--rank", type=train.positive(train.integer), default=8, help="LoRA rank (MoRA: its budget)")
+    count = train.numeric(int, positive=True)
+    parser.add_argument("--rank", type=count, default=8, help="LoRA rank (MoRA: its budget)")
     parser.add_argument("--pair_counts", default="64", help="comma-separated numbers of pairs: the points of the curve")
-    parser.add_argument("--epochs", type=train.positive(train.integer), default=600, help="passes over the pairs")
+    parser.add_argument("--epochs", type=count, default=600, help="passes over the pairs")
     parser.add_argument("--ladder", action="store_true", help="every compression and LoRA at r = r^, not the curve")
     parser.add_argument("--lrs", default="lora=1e-2,mora=3e-2,full=3e-3",
                         help="a rate per method (lora, mora, full) or per label ('mora share=1e-2'); default: the "

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default=",".join(train.METHODS), help="comma-separated methods to compare")
     parser.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2,1e-1",
                         help="comma-separated learning-rate grid, tuned per method")
-    parser.add_argument("--tune_seed", type=train.integer, default=0, help="seed the rates are picked on; not reported")
+    parser.add_argument("--tune_seed", type=train.numeric(int), default=0,
+                        help="seed the rates are picked on; not reported")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds to report")
     parser.add_argument("--tune_only", action="store_true", help="stop after tuning (the sweep continues later)")
     parser.add_argument("--tag", default="default", help="name of this sweep, its folder under out/compare/")

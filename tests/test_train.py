@@ -119,6 +119,41 @@ def test_schedule_values():
     assert train.get_lr(30, args) == pytest.approx(cosine(30))  # no restarts, no re-warmup
 
 
+def test_cycle_schedule_values():
+    """--schedule cycle, by hand: each restart re-warms into a fresh cosine from the rate the last cycle reached down to
+    the floor at max_iters (the MoRA authors' callback; theirs is --min_lr_ratio 0)."""
+    flags = ["--lr", "0.1", "--warmup", "4", "--max_iters", "104", "--method", "relora", "--merge_every", "30",
+             "--restart_warmup", "5", "--schedule", "cycle"]
+    half_cosine = lambda done, total: 0.5 * (1 + math.cos(math.pi * done / total))
+    for ratio in ("0", "0.1"):
+        args, floor = train.parse_args(flags + ["--min_lr_ratio", ratio]), 0.1 * float(ratio)
+        first = lambda it: floor + (0.1 - floor) * half_cosine(it - 4, 100)
+        assert [train.get_lr(it, args) for it in (0, 3, 4, 29)] == pytest.approx([0.02, 0.08, 0.1, first(29)])
+        peak = first(29)  # the rate cycle 1 reached; cycle 2 spans steps 30..104, its warmup 5
+        second = lambda it: floor + (peak - floor) * half_cosine(it - 35, 104 - 35)
+        assert [train.get_lr(30 + k, args) for k in range(5)] == pytest.approx([peak * (k + 1) / 6 for k in range(5)])
+        assert [train.get_lr(it, args) for it in (35, 50, 59)] == pytest.approx([peak, second(50), second(59)])
+        peak = second(59)
+        third = lambda it: floor + (peak - floor) * half_cosine(it - 65, 104 - 65)
+        assert [train.get_lr(it, args) for it in (60, 65, 80)] == pytest.approx([peak / 6, peak, third(80)])
+        assert train.get_lr(104, args) == pytest.approx(floor, abs=1e-12)
+        args.method = "remora"
+        assert train.get_lr(80, args) == pytest.approx(third(80))
+        args.method = "lora"  # no restarts: the one cosine, as jagged
+        assert train.get_lr(80, args) == pytest.approx(first(80))
+
+
+def test_the_logged_rates_are_the_schedule(tmp_path):
+    summary = run(tmp_path, "--method", "remora", "--max_iters", "24", "--eval_interval", "24", "--merge_every", "8",
+                  "--restart_warmup", "2", "--schedule", "cycle", "--reset", "magnitude", "--min_lr_ratio", "0")
+    args = train.parse_args(TINY + ["--method", "remora", "--max_iters", "24", "--merge_every", "8",
+                                    "--restart_warmup", "2", "--schedule", "cycle", "--min_lr_ratio", "0"])
+    assert [r["lr"] for r in records(tmp_path, "train")] == pytest.approx([train.get_lr(it, args) for it in range(24)])
+    assert [r["iter"] for r in records(tmp_path, "restart")] == [8, 16] and math.isfinite(summary["final_val_loss"])
+    steps = {int(s["step"]) for s in torch.load(tmp_path / "ckpt.pt", weights_only=True)["optimizer"]["state"].values()}
+    assert steps == {24}  # --reset magnitude kept every step count (a drop would restart the adapters' at 16)
+
+
 def test_compress_auto_switches_to_sharing_at_rank_128():
     assert train.parse_args(["--rank", "127"]).compress == "rotate"
     assert train.parse_args(["--rank", "128"]).compress == "share"
@@ -156,24 +191,61 @@ def test_gradient_clipping_bounds_the_step():
     assert step.norm().item() == pytest.approx(0.5 * 0.01, rel=1e-4)  # SGD: lr times the clipped norm
 
 
-def test_restart_keeps_the_function_and_forgets_adapter_optimizer_state_only():
-    for method in ("relora", "remora"):
-        model, args = tiny_model(method)
-        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
-        idx = torch.randint(0, 257, (2, 32))
-        model(idx, idx)[1].backward()
-        optimizer.step()
-        with_random_adapters(model)
-        before = model(idx)[0]
-        adapter_params = [p for layer in mora.adapter_layers(model).values() for p in layer.parameters()
-                          if p.requires_grad]
-        assert all(p in optimizer.state for p in adapter_params)
-        train.restart_adapters(model, optimizer)
-        torch.testing.assert_close(model(idx)[0], before, atol=1e-5, rtol=1e-5)  # the update moved into W0
-        assert not any(p in optimizer.state for p in adapter_params)
-        assert model.wte.weight in optimizer.state  # the embeddings keep their Adam moments
-        assert all(torch.count_nonzero(layer.lora_B if method == "relora" else layer.M) == 0
-                   for layer in mora.adapter_layers(model).values())
+def trained_with_random_adapters(method: str):
+    """A tiny model after one AdamW step, its adapters then made non-zero, with its optimizer and an input."""
+    model, args = tiny_model(method)
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    idx = torch.randint(0, 257, (2, 32))
+    model(idx, idx)[1].backward()
+    optimizer.step()
+    return with_random_adapters(model), optimizer, idx
+
+
+def adapter_params(model) -> list[torch.nn.Parameter]:
+    return [p for layer in mora.adapter_layers(model).values() for p in layer.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("method", ["relora", "remora"])
+def test_restart_keeps_the_function_and_forgets_adapter_optimizer_state_only(method):
+    model, optimizer, idx = trained_with_random_adapters(method)
+    before = model(idx)[0]
+    assert all(p in optimizer.state for p in adapter_params(model))
+    train.restart_adapters(model, optimizer)
+    torch.testing.assert_close(model(idx)[0], before, atol=1e-5, rtol=1e-5)  # the update moved into W0
+    assert not any(p in optimizer.state for p in adapter_params(model))
+    assert model.wte.weight in optimizer.state  # the embeddings keep their Adam moments
+    assert all(torch.count_nonzero(layer.lora_B if method == "relora" else layer.M) == 0
+               for layer in mora.adapter_layers(model).values())
+
+
+@pytest.mark.parametrize("reset", ["random", "magnitude"])
+def test_relora_pruning_keeps_the_step_and_the_largest_or_a_random_few_moments(reset):
+    model, optimizer, idx = trained_with_random_adapters("relora")
+    for p in adapter_params(model):  # distinct magnitudes (lora_A's are zero after one step: B started at zero)
+        optimizer.state[p]["exp_avg"].copy_(torch.randn(p.shape))
+        optimizer.state[p]["exp_avg_sq"].copy_(torch.randn(p.shape).square())
+    old = {p: {k: v.clone() for k, v in optimizer.state[p].items()} for p in adapter_params(model)}
+    wte_before = optimizer.state[model.wte.weight]["exp_avg"].clone()
+    before = model(idx)[0]
+    train.restart_adapters(model, optimizer, reset)
+    torch.testing.assert_close(model(idx)[0], before, atol=1e-5, rtol=1e-5)
+    kept_total = 0
+    for p, state in old.items():
+        new = optimizer.state[p]
+        assert new["step"] == state["step"]  # bias correction goes on: unlike a drop
+        for key in ("exp_avg", "exp_avg_sq"):
+            kept = new[key] != 0
+            assert torch.equal(new[key][kept], state[key][kept])  # survivors unchanged, the rest zero
+            if reset == "magnitude":  # the top 10% by |value|: every survivor above every pruned entry
+                magnitude, n = state[key].abs().flatten(), state[key].numel()
+                assert abs(int(kept.sum()) - n / 10) <= 1
+                assert magnitude[kept.flatten()].min() > magnitude[~kept.flatten()].max()
+            kept_total += int(kept.sum())
+    n_total = 2 * sum(p.numel() for p in old)
+    if reset == "random":  # 0.1% on average: a binomial count, far below 1%
+        assert kept_total < 0.01 * n_total
+    assert torch.equal(optimizer.state[model.wte.weight]["exp_avg"], wte_before)  # only adapters are pruned
+    train.train_step(model, optimizer, [(idx, idx)], contextlib.nullcontext(), lr=1e-3, grad_clip=1.0)  # steps on
 
 
 def test_restarts_happen_on_schedule(tmp_path):
@@ -299,9 +371,11 @@ def test_bad_data_files(tmp_path, content, message):
     assert str(error.value).startswith(f"--data {path}: ")  # names the file the user passed
 
 
-@pytest.mark.parametrize("args,message", [(["--rank", "0"], "--rank: expected a positive number"),
+@pytest.mark.parametrize("args,message", [(["--rank", "0"], "--rank: expected a positive int: '0'"),
                                           (["--method", "dora"], "--method: invalid choice"),
-                                          (["--max_iters", "2.5"], "expected an integer"),
+                                          (["--max_iters", "2.5"], "expected a positive int: '2.5'"),
+                                          (["--seed", "2.5"], "--seed: expected an int: '2.5'"),
+                                          (["--lr", "-1"], "--lr: expected a positive float: '-1'"),
                                           (["--bogus", "1"], "unrecognized arguments: --bogus")])
 def test_bad_flags_exit_2(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as stop:
