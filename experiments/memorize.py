@@ -201,7 +201,7 @@ def spectra_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
-def plot(summary: dict, floor: float, steps: list[int], path: str) -> bool:
+def plot(summary: dict, floor: float, steps: list[int], n_seeds: int, path: str) -> bool:
     plt = pyplot()
     if plt is None:
         return False
@@ -217,8 +217,9 @@ def plot(summary: dict, floor: float, steps: list[int], path: str) -> bool:
         curves.fill_between(steps, [100 * row["char_acc"][s]["min"] for s in steps],
                             [100 * row["char_acc"][s]["max"] for s in steps], color=line.get_color(), alpha=0.2)
     curves.axhline(100 * floor, color="gray", ls="--", label="format floor")
-    curves.set(xlabel="fine-tuning step", ylabel="character accuracy (%), mean and min-max over seeds",
-               title="UUID memorization", ylim=(0, 101))
+    over = f"mean and min-max over {n_seeds} seeds" if n_seeds > 1 else "one seed: a demo"
+    curves.set(xlabel="fine-tuning step", ylabel=f"character accuracy (%), {over}", title="UUID memorization",
+               ylim=(0, 101))
     if len(ranks) > 1:
         sweep = axes[0][1]
         for method, color in (("lora", "tab:blue"), ("mora", "tab:red")):
@@ -229,7 +230,8 @@ def plot(summary: dict, floor: float, steps: list[int], path: str) -> bool:
                                color=color, label=f"{method} at step {step}")
         sweep.axhline(100 * floor, color="gray", ls="--")
         sweep.set(xlabel=f"trainable parameters (r = {', '.join(map(str, ranks))})", ylabel="character accuracy (%)",
-                  title="accuracy against budget", ylim=(0, 101))
+                  title=f"accuracy against budget ({'mean over seeds' if n_seeds > 1 else 'one seed'})",
+                  ylim=(0, 101))
     save_figure(fig, path)
     return True
 
@@ -314,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
                "summary": [{"method": m, "rank": r, **row} for (m, r), row in summary.items()]}
     write_json(os.path.join(out_dir, "results.json"), results)
     figure = os.path.join(out_dir, "memorize_uuid.png")
-    print(f"\nresults: {out_dir}/results.json" + (f", figure: {figure}" if plot(summary, floor, steps, figure) else ""))
+    drawn = plot(summary, floor, steps, len(seeds), figure)
+    print(f"\nresults: {out_dir}/results.json" + (f", figure: {figure}" if drawn else ""))
     return results
 
 

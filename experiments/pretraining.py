@@ -81,7 +81,9 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], path: str) -> bool:
         line, = ax.plot(steps, mean, marker="o", ms=3, label=label)
         ax.fill_between(steps, [min(c) for c in zip(*losses)], [max(c) for c in zip(*losses)],
                         color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="step", ylabel="validation loss, mean and min-max over seeds", title="Pretraining with adapters")
+    n = len(next(iter(curves.values())))
+    ax.set(xlabel="step", ylabel=f"validation loss, mean and min-max over {n} seeds" if n > 1 else
+           "validation loss, one seed: a demo", title="Pretraining with adapters")
     ax.set_ylim(top=min(3.0, ax.get_ylim()[1]))
     save_figure(fig, path)
     return True

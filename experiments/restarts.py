@@ -1,0 +1,155 @@
+"""
+Do restarts help, and why: ReLoRA and ReMoRA against LoRA and MoRA in pretraining (the paper's §5.3), as the MoRA
+authors ran them and at each method's own rate, how often to merge, and ReMoRA two ways. Any other train.py flag
+passes through (--max_iters, --rank, ...); runs are experiments/pretraining.py's, cached and resumable.
+
+    python -m experiments.restarts --part rank          # the accumulated update's rank after k restarts: seconds
+    python -m experiments.restarts --part paper --lrs lora=3e-3,mora=1e-2 --seeds 1,2,3 --max_iters 1200
+    python -m experiments.restarts --part merge_every --frequencies 150,300,600 --lrs relora=1e-2,remora=3e-2 \
+        --seeds 1,2,3 --max_iters 1200
+    python -m experiments.restarts --part remora --lrs remora=3e-2 --seeds 1,2,3 --max_iters 1200
+    python -m experiments.restarts --part rank --max_iters 2    # CPU smoke test: tiny and fast
+
+Parts. paper: each method and its restarted twin at one shared rate (the base method's, as the paper gives one
+rate), under the authors' schedule: at every merge a fresh 50-step warmup into a cosine from the rate reached down
+to zero (train.py --schedule cycle --restart_warmup 50 --min_lr_ratio 0), Adam state dropped. merge_every: ReLoRA /
+ReMoRA at one rate each under ReLoRA's jagged cosine, merging every N steps, and never (LoRA / MoRA at that rate).
+remora: ReMoRA with this project's random permutations against the authors' variant, which alternates sharing's
+grouping at every merge (interleaved, then contiguous) and permutes nothing: AlternatingShare and its restart hook
+below, a fork's way to change what a restart does without touching train.py. Tables: stdout and
+out/compare/restarts-<part>/results.json.
+"""
+
+import argparse
+import contextlib
+import os
+
+import torch
+
+import mora
+import train
+from experiments.harness import interval_text, paired_difference, parse_lrs, run_main, spread, spread_text, write_json
+from experiments.pretraining import final_loss, nats, run
+
+TWINS = {"relora": "lora", "remora": "mora"}  # a restarted method and the one it restarts
+AUTHORS_COMPRESSION = "experiments.restarts:AlternatingShare"  # train.py's --compress module:Class
+
+
+class AlternatingShare(mora.Share):
+    """The MoRA authors' ReMoRA compression: sharing whose grouping flips at every restart (see authors_restarts)."""
+
+
+def alternate_groupings(model: torch.nn.Module) -> None:
+    """After a restart: each AlternatingShare layer takes the other grouping and drops the random permutations that
+    MoRALinear.reset_adapter drew, so the next cycle's update lands on the other grouping's subspace."""
+    for layer in mora.adapter_layers(model).values():
+        if isinstance(getattr(layer, "compression", None), AlternatingShare):
+            layer.compression.contiguous = not layer.compression.contiguous
+            layer.in_perm.copy_(torch.arange(layer.in_features))
+            layer.out_perm.copy_(torch.arange(layer.out_features))
+            layer.permuted = False
+
+
+@contextlib.contextmanager
+def authors_restarts():
+    """train.py's restarts followed by alternate_groupings, for the runs inside this block (train.train looks
+    restart_adapters up in its module at every restart). A run resumed from a checkpoint would restart the grouping
+    from interleaved: these runs are never resumed mid-way (pretraining.run trains an unfinished run again)."""
+    original = train.restart_adapters
+
+    def restart(model, optimizer, reset="drop"):
+        original(model, optimizer, reset)
+        alternate_groupings(model)
+    train.restart_adapters = restart
+    try:
+        yield
+    finally:
+        train.restart_adapters = original
+
+
+def accumulated_rank(alternating: bool, features: int, r: int, restarts: int, seed: int = 0) -> list[int]:
+    """The rank of W - W0 after each of `restarts` cycles of a features x features sharing layer at LoRA rank r, M
+    random in each cycle, merged by train.restart_adapters (float64, singular values above 1e-9 of the largest)."""
+    torch.manual_seed(seed)
+    base = torch.nn.Linear(features, features, bias=False).double()
+    layer = mora.MoRALinear(base, r, AlternatingShare if alternating else "share").double()
+    w0, ranks, model = layer.base_weight.detach().clone(), [], torch.nn.ModuleDict({"layer": layer})
+    optimizer = torch.optim.AdamW(layer.parameters())
+    with authors_restarts() if alternating else contextlib.nullcontext():
+        for _ in range(restarts):
+            with torch.no_grad():
+                layer.M.normal_()
+            train.restart_adapters(model, optimizer)
+            s = torch.linalg.svdvals(layer.base_weight.detach() - w0)
+            ranks.append(int((s > 1e-9 * s[0]).sum()))
+    return ranks
+
+
+def rank_table(features: int, r: int, restarts: int) -> list[str]:
+    r_hat = mora.r_hat(features, features, r)
+    lines = [f"Rank of the accumulated update W - W0 of a {features}x{features} layer, sharing at r={r} (r^ = {r_hat}),"
+             f" after k restarts (M random in each cycle):", "",
+             "| ReMoRA | " + " | ".join(f"k={k}" for k in range(1, restarts + 1)) + " |", "|---" * (restarts + 1) + "|"]
+    for name, alternating in (("random permutations (this project)", False), ("alternating groupings (authors)", True)):
+        lines.append(f"| {name} | " + " | ".join(map(str, accumulated_rank(alternating, features, r, restarts))) + " |")
+    return lines
+
+
+def compare(root: str, configs: dict[str, tuple[str, float, list[str]]], pairs: list[tuple[str, str]],
+            seeds: list[int]) -> list[str]:
+    """Runs every config (label: method, rate, extra train.py flags) on every seed; a table of the final validation
+    losses and of the paired differences a - b for each (a, b) in pairs."""
+    losses = {}
+    for label, (method, lr, flags) in configs.items():
+        folder = os.path.join(root, label.replace(", ", "-").replace(" ", "-"))
+        with authors_restarts() if AUTHORS_COMPRESSION in flags else contextlib.nullcontext():
+            losses[label] = [final_loss(run(folder, method, lr, seed, flags)) for seed in seeds]
+    lines = ["| run | lr | final val loss, mean ± std (min-max) |", "|---|---|---|"]
+    lines += [f"| {label} | {configs[label][1]:g} | {spread_text(spread(v), nats)} |" for label, v in losses.items()]
+    lines += ["", "| difference, paired by seed | mean | 95% interval | per seed |", "|---|---|---|---|"]
+    for a, b in pairs:
+        d = paired_difference(losses[a], losses[b])
+        lines.append(f"| {a} - {b} | {d['mean']:.4f} | {interval_text(d, nats)} | "
+                     f"{', '.join(f'{x:.4f}' for x in d['diffs'])} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
+    parser.add_argument("--part", required=True, choices=("rank", "paper", "merge_every", "remora"), help="see above")
+    parser.add_argument("--lrs", default="", help="one rate per method, 'lora=3e-3,mora=1e-2' (picked elsewhere)")
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (rates were picked on another)")
+    parser.add_argument("--frequencies", default="150,300,600", help="--part merge_every: merge every N steps")
+    parser.add_argument("--restarts", type=train.numeric(int, positive=True), default=6, help="--part rank: cycles")
+    args, train_flags = parser.parse_known_args(argv)
+    config = train.parse_args(train_flags)  # rejects a bad train.py flag before any run
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.part == "rank":
+        lines = rank_table(config.n_embd, config.rank, args.restarts)
+    else:
+        needs = {"paper": ["lora", "mora"], "merge_every": ["relora", "remora"], "remora": ["remora"]}[args.part]
+        rates = {m: grid[0] for m, grid in parse_lrs(args.lrs, needs).items()}
+        if args.part == "paper":
+            authors = ["--schedule", "cycle", "--restart_warmup", "50", "--min_lr_ratio", "0"]
+            configs = {m: (m, rates[TWINS.get(m, m)], train_flags + authors)
+                       for m in ("lora", "relora", "mora", "remora")}
+            pairs = [("lora", "relora"), ("mora", "remora")]
+        elif args.part == "merge_every":
+            configs = {f"{m} every {n}": (m, rates[m], train_flags + ["--merge_every", n])
+                       for m in ("relora", "remora") for n in args.frequencies.split(",")}
+            configs.update({f"{TWINS[m]} (never)": (TWINS[m], rates[m], train_flags) for m in ("relora", "remora")})
+            pairs = [(f"{TWINS[m]} (never)", label) for label, (m, _, _) in configs.items() if m in TWINS]
+        else:
+            compressions = {"random permutations": "share", "alternating groupings": AUTHORS_COMPRESSION}
+            configs = {f"remora share, {way}": ("remora", rates["remora"], train_flags + ["--compress", compress])
+                       for way, compress in compressions.items()}
+            pairs = [tuple(configs)]
+        lines = compare(os.path.join("out", "compare", f"restarts-{args.part}"), configs, pairs, seeds)
+    print("\n".join(lines))
+    write_json(os.path.join("out", "compare", f"restarts-{args.part}", "results.json"),
+               {"part": args.part, "train_flags": train_flags, "seeds": seeds, "tables": lines})
+    return {"tables": lines}
+
+
+if __name__ == "__main__":
+    run_main(main, "experiments/restarts.py")
