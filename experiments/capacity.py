@@ -108,14 +108,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lrs", default="lora=1e-2,mora=3e-2,full=3e-3",
                         help="a rate per method (lora, mora, full) or per label ('mora share=1e-2'); default: the "
                              "64-pair picks of docs/experiments.md")
+    parser.add_argument("--alpha_r", type=float, default=2.0, help="LoRA's alpha as a multiple of each LoRA's own r")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (not the tuning seed 0)")
     parser.add_argument("--flat", type=float, default=0.02, help="converged: the loss moved less over the last quarter")
     parser.add_argument("--step_s", type=float, default=0.15, help="seconds a step takes, for the estimate (the CPU "
                         "base on one core of this project's CPU: ~0.13, checkpoints included)")
     parser.add_argument("--tag", default="capacity", help="results folder under out/uuid/")
-    parser.set_defaults(min_lr_ratio=1.0, eval_every=0, pairs=None, steps=None, methods=None)
+    parser.set_defaults(min_lr_ratio=1.0, eval_every=0, pairs=None, steps=None, methods=None, alpha=None)
     args = parser.parse_args(argv)
-    instead = {"pairs": "--pair_counts 64,256", "steps": "--epochs (steps follow the pairs)", "methods": "--ladder"}
+    instead = {"pairs": "--pair_counts 64,256", "steps": "--epochs (steps follow the pairs)", "methods": "--ladder",
+               "alpha": "--alpha_r (a multiple of each LoRA's r, so LoRA at r = r^ scales alike)"}
     for flag, replacement in instead.items():  # memorize_uuid's flags that this sweep sets itself
         if getattr(args, flag) is not None:
             parser.error(f"--{flag} {getattr(args, flag)}: this sweep sets it; use {replacement}")
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
                                       "eval_every": args.eval_every or max(1, steps_for(pairs, args) // 20)})
         for label, (method, compress, rank) in plan.items():
             point.compress = compress or args.compress
+            lora_alpha = args.alpha_r * (rank_of[rank] or args.rank)
+            point.alpha = lora_alpha if method == "lora" and args.alpha_r != 2 else None  # None: train.py's 2r
             lr = float(rates.get(label, rates.get(method)))
             runs = [cached_run(base, method, rank_of[rank] or args.rank, lr, seed, point, device, ctx,
                                f"{pairs} pairs, {label} seed {seed}") for seed in seeds]

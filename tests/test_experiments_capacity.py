@@ -50,9 +50,14 @@ def test_a_toy_curve_and_ladder_report_every_point_and_resume(workdir, tiny_base
                                         "--seeds", "1", "--ladder", "--tag", "toy-ladder"])
     assert [label for _, label in ladder["rows"]] == list(capacity.LADDER)
     assert ladder["rows"][4, "lora r=r^"][0]["rank"] == 11  # MoRA-share's r^ at 32 x 32, r = 2: sqrt(64 * 2) = 11.3
+    assert ladder["rows"][4, "lora"][0]["alpha"] is None  # train.py's default, 2r
+    scaled = capacity.main(flags[:2] + ["--pair_counts", "4", "--epochs", "2", "--batch_size", "2", "--rank", "2",
+                                        "--seeds", "1", "--ladder", "--alpha_r", "4", "--tag", "toy-alpha"])
+    assert [(runs[0]["rank"], runs[0]["alpha"]) for (_, label), runs in scaled["rows"].items()
+            if label.startswith("lora")] == [(2, 8.0), (11, 44.0)]  # alpha / r = 4 for each LoRA
 
 
-@pytest.mark.parametrize("flag", [["--pairs", "256"], ["--steps", "100"], ["--methods", "lora"]])
+@pytest.mark.parametrize("flag", [["--pairs", "256"], ["--steps", "100"], ["--methods", "lora"], ["--alpha", "16"]])
 def test_the_flags_this_sweep_sets_itself_are_refused(workdir, flag):
     with pytest.raises(SystemExit):  # memorize_uuid's flags that would otherwise be silently ignored here
         capacity.main(flag)
