@@ -11,8 +11,10 @@ learning rate (LoRA: rate and alpha) on the --tune_seeds, which are never report
         --lrs lora=1e-3:3e-3:1e-2:3e-2,mora=3e-3:1e-2:3e-2:1e-1      # the rank sweep, from the cached runs
     python -m experiments.memorize --preset gpu      # one GPU: GPT-2 (124M) from HuggingFace, 1,000 pairs
     python -m experiments.memorize --preset gpu-offline   # one GPU, no download: a base pretrained here (a check)
-    python -m experiments.memorize --methods lora --alphas 1,2,4,8 --tune_seeds 0,4 --tune_only \
-        --lrs 1e-3,2e-3,5e-3,1e-2,2e-2,5e-2        # LoRA at its best: rate x alpha, picked on two tuning seeds
+    python -m experiments.memorize --methods lora --alphas 16 --tune_seeds 0,4 --tune_only \
+        --lrs 1e-3,2e-3,5e-3,1e-2,2e-2,5e-2        # LoRA at its best: one alpha of the rate x alpha grid (34-38 min)
+    python -m experiments.memorize --methods lora,mora --alphas 1,2,4,8,16 --tune_seeds 0,4 --seeds 1,2,3 --tag best \
+        --lrs lora=1e-3:2e-3:5e-3:1e-2:2e-2:5e-2,mora=5e-3:1e-2:2e-2:5e-2:1e-1   # then both reported: docs/
 
 Protocol: the tuning score is the mean character accuracy over the checkpoints, averaged over the tuning seeds; a
 pick whose neighbouring rates score within the tuning seeds' spread is reported as flat. Each seed draws its own pairs,
@@ -131,7 +133,7 @@ def pick(scores: dict, grid: list[float], alphas: list) -> tuple[tuple, list[str
     lr, alpha = best = max(mean, key=mean.get)
     notes = [] if len(grid) < 2 or 0 < grid.index(lr) < len(grid) - 1 else [
         f"its best rate {lr:g} is at the edge of the grid {grid}; widen it"]
-    if len(alphas) > 1 and alphas.index(alpha) in (0, len(alphas) - 1):
+    if alpha is not None and len(alphas) > 1 and alphas.index(alpha) in (0, len(alphas) - 1):  # LoRA only
         notes.append(f"its best alpha {alpha:g}r is at the edge of {alphas}; widen it")
     low, high = min(scores[best]), max(scores[best])
     neighbours = [grid[i] for i in (grid.index(lr) - 1, grid.index(lr) + 1) if 0 <= i < len(grid)]
@@ -176,7 +178,7 @@ def report(summary: dict, tuning: list[str], floor: float, steps: list[int]) -> 
     for (method, rank), row in summary.items():
         cells = [spread_text(row["char_acc"][s], pct) for s in shown]
         exact = row["exact_match"][steps[-1]]
-        name = name_of(method, rank) + (f" alpha={row['alpha']:g}" if row["alpha"] else "")
+        name = name_of(method, rank, row["alpha"] / rank if row["alpha"] else None)  # alpha as a multiple of r
         lines.append(f"| {name} | {row['trainable_params']:,} | {row['lr']:g} | " + " | ".join(cells)
                      + f" | {spread_text(exact, pct, with_range=False)} | {reach_summary(row['reach_90'])} |")
     pairs = [(m, r) for m, r in summary if m == "mora" and ("lora", r) in summary]
@@ -213,7 +215,8 @@ def plot(summary: dict, floor: float, steps: list[int], n_seeds: int, path: str)
         if len(ranks) > 1 and rank not in (None, 8):
             continue
         mean = [100 * row["char_acc"][s]["mean"] for s in steps]
-        line, = curves.plot(steps, mean, marker="o", ms=3, label=f"{name_of(method, rank)} (lr {row['lr']:g})")
+        name = name_of(method, rank, row["alpha"] / rank if row["alpha"] else None)
+        line, = curves.plot(steps, mean, marker="o", ms=3, label=f"{name} (lr {row['lr']:g})")
         curves.fill_between(steps, [100 * row["char_acc"][s]["min"] for s in steps],
                             [100 * row["char_acc"][s]["max"] for s in steps], color=line.get_color(), alpha=0.2)
     curves.axhline(100 * floor, color="gray", ls="--", label="format floor")

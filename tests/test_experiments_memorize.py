@@ -139,17 +139,23 @@ def test_picking_rate_and_alpha_by_the_tuning_seeds_mean():
     scores[1e-2, 4.0] = [0.9, 0.9]  # the best alpha at the edge of its grid
     (lr, alpha), notes = memorize.pick(scores, grid, alphas)
     assert (lr, alpha) == (1e-2, 4.0) and any("alpha 4r is at the edge" in note for note in notes)
+    mora_scores = {(lr, None): [0.1 * i, 0.1 * i] for i, lr in enumerate(grid)}  # MoRA: no alpha to tune
+    assert memorize.pick(mora_scores, grid, alphas) == ((1e-1, None), [f"its best rate 0.1 is at the edge of the grid "
+                                                                       f"{grid}; widen it"])
     assert memorize.name_of("lora", 8, 4.0) == "lora r=8 alpha=4r" and memorize.name_of("lora", 8, 2.0) == "lora r=8"
 
 
 def test_lora_tunes_rate_and_alpha_on_two_seeds(workdir, tiny_base):
     tiny_base(block_size=80)
-    args = ["--base", "base/ckpt.pt", "--methods", "lora", "--ranks", "2", "--pairs", "4", "--steps", "2",
+    args = ["--base", "base/ckpt.pt", "--methods", "lora,mora", "--ranks", "2", "--pairs", "4", "--steps", "2",
             "--eval_every", "2", "--batch_size", "2", "--lrs", "1e-3,1e-2", "--alphas", "1,2", "--tune_seeds", "0,4",
             "--seeds", "1", "--tag", "alpha"]
     results = memorize.main(args)
-    assert len(list((workdir / "out" / "uuid" / "runs").glob("*.json"))) == 2 * 2 * 2 + 1  # rates x alphas x seeds
+    runs = len(list((workdir / "out" / "uuid" / "runs").glob("*.json")))
+    assert runs == (2 * 2 * 2 + 1) + (2 * 2 + 1)  # LoRA: rates x alphas x seeds; MoRA (no alpha) with the same flags
     line = next(line for line in results["tables"] if line.startswith("tuning seeds [0, 4], lora r=2"))
     assert "at 0.001 alpha 1r" in line and "at 0.01 alpha 2r" in line and "; picked " in line
     picked_alpha = float(line.split("; picked ")[1].split(" alpha ")[1].split("r")[0])
     assert results["runs"][0]["alpha"] == (None if picked_alpha == 2 else picked_alpha * 2)  # absolute alpha, r = 2
+    label = "lora r=2" + ("" if picked_alpha == 2 else f" alpha={picked_alpha:g}r")  # alpha as a multiple of r
+    assert any(line.startswith(f"| {label} | ") for line in results["tables"])
