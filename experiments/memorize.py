@@ -126,6 +126,10 @@ def name_of(method: str, rank: int | None, alpha: float | None = None) -> str:
     return method if method == "full" else f"{method} r={rank}{alpha_text}"
 
 
+def row_name(method: str, rank: int | None, row: dict) -> str:  # a row records LoRA's absolute alpha (None: 2r)
+    return name_of(method, rank, row["alpha"] / rank if row["alpha"] else None)
+
+
 def pick(scores: dict, grid: list[float], alphas: list) -> tuple[tuple, list[str]]:
     """The (rate, alpha) with the highest mean score over the tuning seeds, and what to say of it: at an edge of a
     grid (widen it), or flat (a neighbouring rate at its alpha scores within the spread of its own seeds)."""
@@ -178,7 +182,7 @@ def report(summary: dict, tuning: list[str], floor: float, steps: list[int]) -> 
     for (method, rank), row in summary.items():
         cells = [spread_text(row["char_acc"][s], pct) for s in shown]
         exact = row["exact_match"][steps[-1]]
-        name = name_of(method, rank, row["alpha"] / rank if row["alpha"] else None)  # alpha as a multiple of r
+        name = row_name(method, rank, row)
         lines.append(f"| {name} | {row['trainable_params']:,} | {row['lr']:g} | " + " | ".join(cells)
                      + f" | {spread_text(exact, pct, with_range=False)} | {reach_summary(row['reach_90'])} |")
     pairs = [(m, r) for m, r in summary if m == "mora" and ("lora", r) in summary]
@@ -215,7 +219,7 @@ def plot(summary: dict, floor: float, steps: list[int], n_seeds: int, path: str)
         if len(ranks) > 1 and rank not in (None, 8):
             continue
         mean = [100 * row["char_acc"][s]["mean"] for s in steps]
-        name = name_of(method, rank, row["alpha"] / rank if row["alpha"] else None)
+        name = row_name(method, rank, row)
         line, = curves.plot(steps, mean, marker="o", ms=3, label=f"{name} (lr {row['lr']:g})")
         curves.fill_between(steps, [100 * row["char_acc"][s]["min"] for s in steps],
                             [100 * row["char_acc"][s]["max"] for s in steps], color=line.get_color(), alpha=0.2)
