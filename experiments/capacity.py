@@ -24,7 +24,7 @@ import mora
 import train
 from model import setup_device
 from experiments.harness import pyplot, run_main, save_figure, spread, spread_text, write_json
-from experiments.memorize import cached_run, load_base, pct
+from experiments.memorize import cached_run, load_base, lora_alpha, pct
 
 # label: (memorize_uuid method, compression or None, rank: "r" for --rank, or "r_hat" for LoRA at MoRA-share's r^)
 CURVE = {"lora": ("lora", None, "r"), "mora share": ("mora", "share", "r"), "mora rotate": ("mora", "rotate", "r"),
@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       "eval_every": args.eval_every or max(1, steps_for(pairs, args) // 20)})
         for label, (method, compress, rank) in plan.items():
             point.compress = compress or args.compress
-            lora_alpha = args.alpha_r * (rank_of[rank] or args.rank)
-            point.alpha = lora_alpha if method == "lora" and args.alpha_r != 2 else None  # None: train.py's 2r
+            point.alpha = lora_alpha(args.alpha_r, rank_of[rank] or args.rank) if method == "lora" else None
             lr = float(rates.get(label, rates.get(method)))
             runs = [cached_run(base, method, rank_of[rank] or args.rank, lr, seed, point, device, ctx,
                                f"{pairs} pairs, {label} seed {seed}") for seed in seeds]

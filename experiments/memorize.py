@@ -38,8 +38,8 @@ import memorize_uuid
 import train
 from model import GPT, setup_device
 from experiments.bench import dispatched
-from experiments.harness import (CODE_DIGEST, interval_text, paired_difference, parse_lrs, pyplot, run_main,
-                                 save_figure, spread, spread_text, write_json)
+from experiments.harness import (CODE_DIGEST, interval_text, paired_difference, parse_lrs, pick_rate, pyplot,
+                                 run_main, save_figure, spread, spread_text, write_json)
 
 PRESETS = {  # flags override any of it
     "cpu": {"base": None, "methods": "lora,mora", "seeds": "1",
@@ -126,6 +126,11 @@ def name_of(method: str, rank: int | None, alpha: float | None = None) -> str:
     return method if method == "full" else f"{method} r={rank}{alpha_text}"
 
 
+def lora_alpha(multiple: float | None, rank: int) -> float | None:
+    """LoRA's absolute alpha for a multiple of r; None for the default 2r (train.py's), so its runs' keys stay put."""
+    return None if multiple in (None, 2) else multiple * rank
+
+
 def row_name(method: str, rank: int | None, row: dict) -> str:  # a row records LoRA's absolute alpha (None: 2r)
     return name_of(method, rank, row["alpha"] / rank if row["alpha"] else None)
 
@@ -134,9 +139,9 @@ def pick(scores: dict, grid: list[float], alphas: list) -> tuple[tuple, list[str
     """The (rate, alpha) with the highest mean score over the tuning seeds, and what to say of it: at an edge of a
     grid (widen it), or flat (a neighbouring rate at its alpha scores within the spread of its own seeds)."""
     mean = {combo: statistics.fmean(s) for combo, s in scores.items()}
-    lr, alpha = best = max(mean, key=mean.get)
-    notes = [] if len(grid) < 2 or 0 < grid.index(lr) < len(grid) - 1 else [
-        f"its best rate {lr:g} is at the edge of the grid {grid}; widen it"]
+    alpha = max(mean, key=mean.get)[1]
+    lr, warning = pick_rate(grid, [mean[g, alpha] for g in grid])  # the best rate at the best combination's alpha
+    best, notes = (lr, alpha), [warning] if warning else []
     if alpha is not None and len(alphas) > 1 and alphas.index(alpha) in (0, len(alphas) - 1):  # LoRA only
         notes.append(f"its best alpha {alpha:g}r is at the edge of {alphas}; widen it")
     low, high = min(scores[best]), max(scores[best])
@@ -288,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"minutes, compilation aside")
 
     def run(method, rank, lr, alpha, seed, label):  # alpha: a multiple of r; the default 2r leaves --alpha unset
-        flags = argparse.Namespace(**{**vars(args), "alpha": None if alpha in (None, 2) else alpha * (rank or 8)})
+        flags = argparse.Namespace(**{**vars(args), "alpha": lora_alpha(alpha, rank or 8)})
         return cached_run(base, method, rank or 8, lr, seed, flags, device, ctx, label)
 
     groups, tuning, all_runs = {}, [], []
