@@ -73,26 +73,37 @@ def report(rows: dict, floors: dict) -> list[str]:
 
 
 def plot(rows: dict, floors: dict, ladder: bool, path: str) -> bool:
+    """The curve: final accuracy against pairs. The ladder: final accuracy and speed against dW's effective rank."""
     plt = pyplot()
     if plt is None:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = plt.subplots(1, 2 if ladder else 1, figsize=(12 if ladder else 7, 4.5), squeeze=False)
+    n = len(next(iter(rows.values())))
+    over = f"mean and min-max over {n} seed{'s' if n > 1 else ''}"
+    last_step = max(r["curve"][-1]["step"] for runs in rows.values() for r in runs)
     for label in dict.fromkeys(label for _, label in rows):
         points = [(p, rows[p, l]) for p, l in rows if l == label]
         x = [statistics.fmean(effective_rank(r) for r in runs) if ladder else p for p, runs in points]
-        y = [100 * statistics.fmean(r["curve"][-1]["char_acc"] for r in runs) for _, runs in points]
-        lo = [100 * min(r["curve"][-1]["char_acc"] for r in runs) for _, runs in points]
-        hi = [100 * max(r["curve"][-1]["char_acc"] for r in runs) for _, runs in points]
-        ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]], marker="o",
-                    capsize=3, label=label)
+        finals = [[100 * r["curve"][-1]["char_acc"] for r in runs] for _, runs in points]
+        # a run that never stays >= 90% is drawn at the last step: "not reached by the end"
+        reached = [[memorize_uuid.sustained_step(r["curve"], 0.9) for r in runs] for _, runs in points]
+        steps = [[last_step if step is None else step for step in seeds] for seeds in reached]
+        for ax, values in zip(axes[0], (finals, steps)):
+            y = [statistics.fmean(v) if ax is axes[0][0] else statistics.median(v) for v in values]
+            ax.errorbar(x, y, yerr=[[a - min(v) for a, v in zip(y, values)], [max(v) - a for a, v in zip(y, values)]],
+                        marker="o", capsize=3, label=label)
+    accuracy = axes[0][0]
     if not ladder:
-        ax.plot(sorted(floors), [100 * floors[p] for p in sorted(floors)], "--", color="gray", label="format floor")
-        ax.set_xscale("log")
-    n = len(next(iter(rows.values())))
-    ax.set(xlabel="effective rank of dW (mean over layers)" if ladder else "UUID pairs to memorize",
-           ylabel=f"final character accuracy (%), mean and min-max over {n} seed{'s' if n > 1 else ''}",
-           title="Ladder of update ranks at equal parameters" if ladder else "Memorization at convergence",
-           ylim=(0, 101))
+        accuracy.plot(sorted(floors), [100 * floors[p] for p in sorted(floors)], "--", color="gray",
+                      label="format floor")
+        accuracy.set_xscale("log")
+    accuracy.set(xlabel="effective rank of dW (mean over layers)" if ladder else "UUID pairs to memorize",
+                 ylabel=f"final character accuracy (%), {over}", ylim=(0, 101),
+                 title="Ladder of update ranks at equal parameters" if ladder else "Memorization at convergence")
+    if ladder:
+        axes[0][1].set(xlabel="effective rank of dW (mean over layers)", ylim=(0, 1.05 * last_step),
+                       ylabel=f"stays >= 90% from step, median and range over {n} seed{'s' if n > 1 else ''}",
+                       title=f"Speed (drawn at {last_step}: not reached by the end)")
     save_figure(fig, path)
     return True
 
