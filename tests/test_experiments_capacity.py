@@ -3,6 +3,7 @@
     python -m pytest -q tests/test_experiments_capacity.py
 """
 
+import importlib.util
 import json
 
 import pytest
@@ -51,6 +52,8 @@ def test_a_toy_curve_and_ladder_report_every_point_and_resume(workdir, tiny_base
     assert [label for _, label in ladder["rows"]] == list(capacity.LADDER)
     assert ladder["rows"][4, "lora r=r^"][0]["rank"] == 11  # MoRA-share's r^ at 32 x 32, r = 2: sqrt(64 * 2) = 11.3
     assert ladder["rows"][4, "lora"][0]["alpha"] is None  # train.py's default, 2r
+    if importlib.util.find_spec("matplotlib"):  # the figure's two panels: accuracy and speed against the rank
+        assert (workdir / "out" / "uuid" / "toy-ladder" / "capacity.png").stat().st_size > 0
     scaled = capacity.main(flags[:2] + ["--pair_counts", "4", "--epochs", "2", "--batch_size", "2", "--rank", "2",
                                         "--seeds", "1", "--ladder", "--alpha_r", "4", "--tag", "toy-alpha"])
     assert [(runs[0]["rank"], runs[0]["alpha"]) for (_, label), runs in scaled["rows"].items()
