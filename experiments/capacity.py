@@ -87,9 +87,9 @@ def plot(rows: dict, floors: dict, ladder: bool, path: str) -> bool:
         finals = [[100 * r["curve"][-1]["char_acc"] for r in runs] for _, runs in points]
         # a run that never stays >= 90% is drawn at the last step: "not reached by the end"
         reached = [[memorize_uuid.sustained_step(r["curve"], 0.9) for r in runs] for _, runs in points]
-        steps = [[last_step if step is None else step for step in seeds] for seeds in reached]
-        for ax, values in zip(axes[0], (finals, steps)):
-            y = [statistics.fmean(v) if ax is axes[0][0] else statistics.median(v) for v in values]
+        steps = [[last_step if step is None else step for step in per_seed] for per_seed in reached]
+        for ax, values, center in zip(axes[0], (finals, steps), (statistics.fmean, statistics.median)):
+            y = [center(v) for v in values]
             ax.errorbar(x, y, yerr=[[a - min(v) for a, v in zip(y, values)], [max(v) - a for a, v in zip(y, values)]],
                         marker="o", capsize=3, label=label)
     accuracy = axes[0][0]
