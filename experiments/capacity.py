@@ -79,7 +79,7 @@ def plot(rows: dict, floors: dict, ladder: bool, path: str) -> bool:
         return False
     fig, axes = plt.subplots(1, 2 if ladder else 1, figsize=(12 if ladder else 7, 4.5), squeeze=False)
     n = len(next(iter(rows.values())))
-    over = f"mean and min-max over {n} seed{'s' if n > 1 else ''}"
+    seeds, rank_axis = f"{n} seed{'s' if n > 1 else ''}", "effective rank of dW (mean over layers)"
     last_step = max(r["curve"][-1]["step"] for runs in rows.values() for r in runs)
     for label in dict.fromkeys(label for _, label in rows):
         points = [(p, rows[p, l]) for p, l in rows if l == label]
@@ -97,12 +97,12 @@ def plot(rows: dict, floors: dict, ladder: bool, path: str) -> bool:
         accuracy.plot(sorted(floors), [100 * floors[p] for p in sorted(floors)], "--", color="gray",
                       label="format floor")
         accuracy.set_xscale("log")
-    accuracy.set(xlabel="effective rank of dW (mean over layers)" if ladder else "UUID pairs to memorize",
-                 ylabel=f"final character accuracy (%), {over}", ylim=(0, 101),
+    accuracy.set(xlabel=rank_axis if ladder else "UUID pairs to memorize",
+                 ylabel=f"final character accuracy (%), mean and min-max over {seeds}", ylim=(0, 101),
                  title="Ladder of update ranks at equal parameters" if ladder else "Memorization at convergence")
     if ladder:
-        axes[0][1].set(xlabel="effective rank of dW (mean over layers)", ylim=(0, 1.05 * last_step),
-                       ylabel=f"stays >= 90% from step, median and range over {n} seed{'s' if n > 1 else ''}",
+        axes[0][1].set(xlabel=rank_axis, ylim=(0, 1.05 * last_step),
+                       ylabel=f"stays >= 90% from step, median and range over {seeds}",
                        title=f"Speed (drawn at {last_step}: not reached by the end)")
     save_figure(fig, path)
     return True
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ladder", action="store_true", help="every compression and LoRA at r = r^, not the curve")
     parser.add_argument("--lrs", default="lora=1e-2,mora=3e-2,full=3e-3",
                         help="a rate per method (lora, mora, full) or per label ('mora share=1e-2'); default: the "
-                             "64-pair picks of docs/experiments.md")
+                             "64-pair picks at alpha 2r of docs/experiments.md's first UUID table")
     parser.add_argument("--alpha_r", type=float, default=2.0, help="LoRA's alpha as a multiple of each LoRA's own r")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (not the tuning seed 0)")
     parser.add_argument("--flat", type=float, default=0.02, help="converged: the loss moved less over the last quarter")

@@ -13,8 +13,8 @@ learning rate (LoRA: rate and alpha) on the --tune_seeds, which are never report
     python -m experiments.memorize --preset gpu-offline   # one GPU, no download: a base pretrained here (a check)
     python -m experiments.memorize --methods lora --alphas 16 --tune_seeds 0,4 --tune_only \
         --lrs 1e-3,2e-3,5e-3,1e-2,2e-2,5e-2        # LoRA at its best: one alpha of the rate x alpha grid (34-38 min)
-    python -m experiments.memorize --methods lora,mora --alphas 1,2,4,8,16 --tune_seeds 0,4 --seeds 1,2,3 --tag best \
-        --lrs lora=1e-3:2e-3:5e-3:1e-2:2e-2:5e-2,mora=5e-3:1e-2:2e-2:5e-2:1e-1   # then both reported: docs/
+    python -m experiments.memorize --methods lora,mora --alphas 1,2,4,8,16 --tune_seeds 0,4 --seeds 1,2,3 \
+        --lrs lora=1e-3:2e-3:5e-3:1e-2:2e-2:5e-2,mora=5e-3:1e-2:2e-2:5e-2:1e-1 --tag best16   # both reported: docs/
 
 Protocol: the tuning score is the mean character accuracy over the checkpoints, averaged over the tuning seeds; a
 pick whose neighbouring rates score within the tuning seeds' spread is reported as flat. Each seed draws its own pairs,
