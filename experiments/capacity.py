@@ -75,7 +75,7 @@ def effective_rank(run: dict) -> float:  # mean over the adapted layers; size-in
 def report(rows: dict, floors: dict) -> list[str]:
     lines = ["| pairs (format floor) | r | method | trainable | bits per parameter | lr | steps | final char acc (%) | "
              "final exact match (%) | stays >= 90% from step | loss: first, last quarter, end | effective rank of dW | "
-             "converged |", "|---" * 13 + "|"]
+             "stopped improving |", "|---" * 13 + "|"]
     for (pairs, rank, label), runs in rows.items():
         acc = spread([r["curve"][-1]["char_acc"] for r in runs])
         exact = spread([r["curve"][-1]["exact_match"] for r in runs])
