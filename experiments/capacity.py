@@ -13,7 +13,8 @@ The estimate printed first is arithmetic (steps x the seconds a step takes, --st
 under out/uuid/runs/ (memorize's cache, keyed by everything that determines it), so a sweep stopped at any point
 continues. A run has stopped improving when it memorized (>= 99% of the characters right) or converged (its loss
 over the last quarter of checkpoints moved by less than --flat, a fraction, and ended below half its first value); a
-run whose accuracy never left the format floor was too short to tell. Results: tables on stdout, out/uuid/<tag>/capacity.json and, with matplotlib, out/uuid/<tag>/capacity.png.
+run whose accuracy never left the format floor was too short to tell. Results: tables on stdout,
+out/uuid/<tag>/capacity.json and, with matplotlib, out/uuid/<tag>/capacity.png.
 """
 
 import argparse
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     plan = LADDER if args.ladder else CURVE
     labels = args.labels.split(",") if args.labels else list(plan)
     if not set(labels) <= set(plan):
-        parser.error(f"--labels {args.labels}: {', '.join(sorted(set(labels) - set(plan)))} is none of {', '.join(plan)}")
+        unknown = ", ".join(sorted(set(labels) - set(plan)))
+        parser.error(f"--labels {args.labels}: {unknown} is none of {', '.join(plan)}")
     plan = {label: plan[label] for label in labels}
     pairs_list, ranks = [int(p) for p in args.pair_counts.split(",")], [int(r) for r in args.ranks.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -34,7 +34,8 @@ def test_a_toy_curve_and_ladder_report_every_point_and_resume(workdir, tiny_base
     flags = ["--base", "base/ckpt.pt", "--pair_counts", "4,6", "--epochs", "2", "--batch_size", "2", "--ranks", "2",
              "--seeds", "1,2", "--tag", "toy"]
     results = capacity.main(flags)
-    assert set(results["rows"]) == {(p, None if label == "full" else 2, label) for p in (4, 6) for label in capacity.CURVE}
+    assert set(results["rows"]) == {(p, None if label == "full" else 2, label)
+                                    for p in (4, 6) for label in capacity.CURVE}
     for (pairs, _, label), runs in results["rows"].items():
         assert [r["seed"] for r in runs] == [1, 2]
         assert runs[0]["curve"][-1]["step"] == 2 * -(-pairs // 2)  # epochs x steps per epoch
@@ -68,8 +69,8 @@ def test_a_curve_over_ranks_takes_a_rate_per_rank_and_runs_full_fine_tuning_once
                              "--ranks", "1,2", "--lrs", "lora=1e-2:2e-2,mora=3e-2,full=3e-3", "--seeds", "1",
                              "--tag", "toy-ranks"])
     rows = results["rows"]
-    assert sorted(rows, key=str) == sorted([(4, r, label) for r in (1, 2) for label in capacity.CURVE if label != "full"]
-                                           + [(4, None, "full")], key=str)
+    adapters = [(4, r, label) for r in (1, 2) for label in capacity.CURVE if label != "full"]
+    assert sorted(rows, key=str) == sorted(adapters + [(4, None, "full")], key=str)
     assert [rows[4, r, "lora"][0]["lr"] for r in (1, 2)] == [1e-2, 2e-2]
     assert [rows[4, r, "mora rotate"][0]["lr"] for r in (1, 2)] == [3e-2, 3e-2]
     lora_r1 = rows[4, 1, "lora"][0]
@@ -77,7 +78,8 @@ def test_a_curve_over_ranks_takes_a_rate_per_rank_and_runs_full_fine_tuning_once
     row = next(line for line in results["tables"] if "| 1 | lora |" in line)
     assert "| 576 | 0.85 |" in row  # 4 pairs x 122 bits / 576 parameters
     only = capacity.main(["--base", "base/ckpt.pt", "--pair_counts", "4", "--epochs", "2", "--batch_size", "2",
-                          "--ranks", "1", "--labels", "lora", "--lrs", "lora=1e-2", "--seeds", "1", "--tag", "toy-lora"])
+                          "--ranks", "1", "--labels", "lora", "--lrs", "lora=1e-2", "--seeds", "1",
+                          "--tag", "toy-lora"])
     assert list(only["rows"]) == [(4, 1, "lora")] and only["rows"][4, 1, "lora"][0]["curve"] == lora_r1["curve"]
 
 
