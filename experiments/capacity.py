@@ -1,8 +1,8 @@
 """
 Memorization at convergence: how many bits of UUID per trainable parameter each method holds once its runs stop
 improving (the capacity curve: more pairs, or a smaller rank), and which update rank does the work at equal
-parameters (the ladder of compressions). memorize_uuid.py's runs, trained at a constant rate after warmup for
---epochs passes over the pairs, so a larger set trains longer.
+parameters (the ladder of compressions). memorize_uuid.py's runs, trained for --epochs passes over the pairs (a
+larger set trains longer) at a constant rate after warmup, unless --min_lr_ratio decays it.
 
     python -m experiments.capacity --pair_counts 64                       # one point of the curve, seeds 1, 2, 3
     python -m experiments.capacity --pair_counts 64,256,1024 --tag curve  # the curve (finished runs are reused)
@@ -29,9 +29,10 @@ from model import setup_device
 from experiments.harness import pyplot, run_main, save_figure, spread, spread_text, write_json
 from experiments.memorize import cached_run, load_base, lora_alpha, pct
 
-# label: (memorize_uuid method, compression or None, rank: "r" for --rank, or "r_hat" for LoRA at MoRA-share's r^)
 DONE = ("memorized", "converged")  # the runs that stopped improving
 BITS_PER_PAIR = 122  # the value's random bits: a version-4 UUID's 128 less the 6 that fix its version and variant
+# label: (memorize_uuid method, compression or None, the rank it trains at: "r", each of --ranks, or "r_hat", LoRA at
+# MoRA-share's r^ for that budget; None for full fine-tuning)
 CURVE = {"lora": ("lora", None, "r"), "mora share": ("mora", "share", "r"), "mora rotate": ("mora", "rotate", "r"),
          "full": ("full", None, None)}
 LADDER = {"lora": ("lora", None, "r"), **{f"mora {c}": ("mora", c, "r") for c in mora.COMPRESSIONS},
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
         point = argparse.Namespace(**{**vars(args), "pairs": pairs, "steps": steps_for(pairs, args),
                                       "eval_every": args.eval_every or max(1, steps_for(pairs, args) // 20)})
         for rank, label, method, compress, which, lr in runs_plan:
-            trained_at = {"r": rank, "r_hat": mora.r_hat(d, d, rank or 8), None: 8}[which]  # full: memorize's key
+            # full fine-tuning has no rank: 8 in its cache key, as experiments/memorize.py keys it
+            trained_at = 8 if which is None else rank if which == "r" else mora.r_hat(d, d, rank)
             point.compress = compress or args.compress
             point.alpha = lora_alpha(args.alpha_r, trained_at) if method == "lora" else None
             runs = [cached_run(base, method, trained_at, lr, seed, point, device, ctx,
