@@ -26,7 +26,8 @@ import memorize_uuid
 import mora
 import train
 from model import setup_device
-from experiments.harness import pyplot, run_main, save_figure, spread, spread_text, write_json
+from experiments.harness import (interval_text, paired_difference, pyplot, run_main, save_figure, spread, spread_text,
+                                 write_json)
 from experiments.memorize import cached_run, load_base, lora_alpha, pct
 
 DONE = ("memorized", "converged")  # the runs that stopped improving
@@ -92,6 +93,15 @@ def report(rows: dict, floors: dict) -> list[str]:
                      f"{', '.join('-' if s is None else str(s) for s in reach)} | {losses} | "
                      f"{statistics.fmean(effective_rank(r) for r in runs):.1f} | "
                      f"{sum(s in DONE for s in states)}/{len(states)} ({', '.join(sorted(set(states)))}) |")
+    against_lora = [(p, r, label) for p, r, label in rows if label != "lora" and (p, r, "lora") in rows]
+    if against_lora:
+        lines += ["", "Paired difference against LoRA at the same budget of the final character accuracy (points):",
+                  "", "| pairs | r | method - lora | mean | 95% interval | min-max | per seed |", "|---" * 7 + "|"]
+    for pairs, rank, label in against_lora:
+        final = {name: [r["curve"][-1]["char_acc"] for r in rows[pairs, rank, name]] for name in (label, "lora")}
+        d = paired_difference(final[label], final["lora"])
+        lines.append(f"| {pairs} | {rank} | {label} - lora | {pct(d['mean'])} | {interval_text(d, pct)} | "
+                     f"{pct(d['min'])} to {pct(d['max'])} | {', '.join(pct(x) for x in d['diffs'])} |")
     return lines
 
 

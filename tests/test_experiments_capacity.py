@@ -77,6 +77,9 @@ def test_a_curve_over_ranks_takes_a_rate_per_rank_and_runs_full_fine_tuning_once
     assert lora_r1["trainable_params"] == 4 * (32 + 32) + 2 * (32 + 128)  # r=1 on a d=32 base: 576
     row = next(line for line in results["tables"] if "| 1 | lora |" in line)
     assert "| 576 | 0.85 |" in row  # 4 pairs x 122 bits / 576 parameters
+    paired = next(line for line in results["tables"] if line.startswith("| 4 | 2 | mora rotate - lora |"))
+    gap = 100 * (rows[4, 2, "mora rotate"][0]["curve"][-1]["char_acc"] - rows[4, 2, "lora"][0]["curve"][-1]["char_acc"])
+    assert paired == f"| 4 | 2 | mora rotate - lora | {gap:.1f} | none: one seed | {gap:.1f} to {gap:.1f} | {gap:.1f} |"
     only = capacity.main(["--base", "base/ckpt.pt", "--pair_counts", "4", "--epochs", "2", "--batch_size", "2",
                           "--ranks", "1", "--labels", "lora", "--lrs", "lora=1e-2", "--seeds", "1",
                           "--tag", "toy-lora"])
