@@ -134,12 +134,12 @@ def plot(rows: dict, floors: dict, ladder: bool, path: str) -> bool:
             accuracy.axhline(100 * floor, ls="--", color="gray", label=None if i else "format floor")
         accuracy.set_xscale("log")
     accuracy.set(xlabel=rank_axis if ladder else f"bits of UUID per trainable parameter ({BITS_PER_PAIR} per pair)",
-                 ylabel=f"final character accuracy (%), mean and min-max over {seeds}", ylim=(0, 101),
-                 title="Ladder of update ranks at equal parameters" if ladder else "Memorization at convergence")
+                 ylabel="final character accuracy (%)", ylim=(0, 101),
+                 title=("Equal parameters" if ladder else f"After {last_step:,} steps") + f": mean, min-max, {seeds}")
     if ladder:
         axes[0][1].set(xlabel=rank_axis, ylim=(0, 1.05 * last_step),
-                       ylabel=f"stays >= 90% from step, median and range over {seeds}",
-                       title=f"Speed (drawn at {last_step}: not reached by the end)")
+                       ylabel=f"stays >= 90% from step ({last_step}: never)",
+                       title=f"Speed: median and range, {seeds}")
     save_figure(fig, path)
     return True
 
