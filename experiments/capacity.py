@@ -182,8 +182,11 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.ladder and len(ranks) > 1:
         parser.error(f"--ranks {args.ranks}: the ladder compares compressions at one budget; give one rank")
-    rates = {label: [float(x) for x in grid.split(":")] for label, grid in
-             (item.rsplit("=", 1) for item in args.lrs.split(","))}
+    try:  # harness.parse_lrs's form, but split at the last '=': a label may hold one ('lora r=r^=2e-4')
+        rates = {label: [float(x) for x in grid.split(":")] for label, grid in
+                 (item.rsplit("=", 1) for item in args.lrs.split(","))}
+    except ValueError:
+        parser.error(f"--lrs {args.lrs}: write label=rate or label=rate:rate (one per rank), comma-separated")
     runs_plan = []  # (rank, label, method, compress, which rank it trains at, rate); full fine-tuning runs once
     for rank in ranks:
         for label, (method, compress, which) in plan.items():

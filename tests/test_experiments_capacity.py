@@ -89,7 +89,8 @@ def test_a_curve_over_ranks_takes_a_rate_per_rank_and_runs_full_fine_tuning_once
 @pytest.mark.parametrize("flags", [["--ranks", "1,2", "--lrs", "lora=1e-2:2e-2:3e-2,mora=3e-2,full=3e-3"],
                                    ["--ranks", "1,2", "--lrs", "lora=1e-2,mora=3e-2,full=3e-3:1e-3"],
                                    ["--ranks", "1,2", "--ladder"], ["--lrs", "lora=1e-2,full=3e-3"],
-                                   ["--labels", "lora,mora"]])
+                                   ["--labels", "lora,mora"], ["--lrs", "lora=fast,mora=3e-2,full=3e-3"],
+                                   ["--lrs", "lora,mora=3e-2,full=3e-3"]])
 def test_rates_that_do_not_fit_the_ranks_are_refused(workdir, flags):
     with pytest.raises(SystemExit):  # before any base is loaded or run trained
         capacity.main(flags)
