@@ -4,20 +4,24 @@ authors ran them and at each method's own rate, how often to merge, and ReMoRA t
 passes through (--max_iters, --rank, ...); runs are experiments/pretraining.py's, cached and resumable.
 
     python -m experiments.restarts --part rank          # the accumulated update's rank after k restarts: seconds
-    python -m experiments.restarts --part paper --lrs lora=3e-3,mora=1e-2 --seeds 1,2,3 --max_iters 1200
-    python -m experiments.restarts --part merge_every --frequencies 150,300,600 --lrs relora=1e-2,remora=3e-2 \
-        --seeds 1,2,3 --max_iters 1200
-    python -m experiments.restarts --part remora --lrs remora=3e-2 --seeds 1,2,3 --max_iters 1200
+    python -m experiments.restarts --part paper --lrs lora=3e-3,mora=1e-2 --seeds 1,2,3 --max_iters 1000
+    python -m experiments.restarts --part merge_every --frequencies 100,200,500 --lrs relora=1e-2,remora=3e-2 \
+        --seeds 1,2,3 --max_iters 1000
+    python -m experiments.restarts --part remora --lrs remora=1e-2 --seeds 1,2,3 --max_iters 1000
     python -m experiments.restarts --part rank --max_iters 2    # CPU smoke test: tiny and fast
 
 Parts. paper: each method and its restarted twin at one shared rate (the base method's, as the paper gives one
-rate), under the authors' schedule: at every merge a fresh 50-step warmup into a cosine from the rate reached down
-to zero (train.py --schedule cycle --restart_warmup 50 --min_lr_ratio 0), Adam state dropped. merge_every: ReLoRA /
-ReMoRA at one rate each under ReLoRA's jagged cosine, merging every N steps, and never (LoRA / MoRA at that rate).
-remora: ReMoRA with this project's random permutations against the authors' variant, which alternates sharing's
-grouping at every merge (interleaved, then contiguous) and permutes nothing: AlternatingShare and its restart hook
-below, a fork's way to change what a restart does without touching train.py. Tables: stdout and
-out/compare/restarts-<part>/results.json.
+rate), under the authors' schedule scaled to --max_iters: their 10,000-step run warms up for 1,000 steps, merges
+every 2,000 and then warms up again for 50 steps into a fresh cosine from the rate reached down to zero (train.py
+--schedule cycle --min_lr_ratio 0), Adam state dropped; so here warmup max_iters/10, a merge every max_iters/5 and
+a re-warmup of 1/40 of that. Pick the shared rates with experiments/pretraining.py under the same schedule (the
+base methods never merge): --warmup <max_iters/10> --min_lr_ratio 0. merge_every: ReLoRA / ReMoRA at one rate each
+under ReLoRA's jagged cosine, merging every N steps, and never (LoRA / MoRA at that rate). remora: under the
+authors' schedule, ReMoRA with sharing and this project's random permutations against the authors' variant, which
+alternates sharing's grouping at every merge (interleaved, then contiguous) and permutes nothing: AlternatingShare
+and its restart hook below, a fork's way to change what a restart does without touching train.py. --methods lora or
+mora runs half of paper or merge_every (two halves side by side on two cores; then the whole command reads both
+from the cache). Tables: stdout and out/compare/restarts-<part>/results.json.
 """
 
 import argparse
@@ -32,6 +36,8 @@ from experiments.harness import interval_text, paired_difference, parse_lrs, run
 from experiments.pretraining import final_loss, nats, run
 
 TWINS = {"relora": "lora", "remora": "mora"}  # a restarted method and the one it restarts
+RESTARTED = {base: twin for twin, base in TWINS.items()}
+AUTHORS_FLAGS = ("--schedule", "--warmup", "--merge_every", "--restart_warmup", "--min_lr_ratio")
 AUTHORS_COMPRESSION = "experiments.restarts:AlternatingShare"  # train.py's --compress module:Class
 
 
@@ -65,6 +71,13 @@ def authors_restarts():
         yield
     finally:
         train.restart_adapters = original
+
+
+def authors_schedule(max_iters: int) -> list[str]:
+    """train.py flags for the MoRA authors' pretraining schedule (see the docstring) scaled to max_iters steps."""
+    cycle = max_iters // 5
+    return ["--schedule", "cycle", "--warmup", str(max_iters // 10), "--merge_every", str(cycle),
+            "--restart_warmup", str(max(1, cycle // 40)), "--min_lr_ratio", "0"]
 
 
 def accumulated_rank(alternating: bool, features: int, r: int, restarts: int, seed: int = 0) -> list[int]:
@@ -118,31 +131,43 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
     parser.add_argument("--part", required=True, choices=("rank", "paper", "merge_every", "remora"), help="see above")
     parser.add_argument("--lrs", default="", help="one rate per method, 'lora=3e-3,mora=1e-2' (picked elsewhere)")
+    parser.add_argument("--methods", default="lora,mora", help="paper, merge_every: the base methods to run")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (rates were picked on another)")
     parser.add_argument("--frequencies", default="150,300,600", help="--part merge_every: merge every N steps")
     parser.add_argument("--restarts", type=train.numeric(int, positive=True), default=6, help="--part rank: cycles")
     args, train_flags = parser.parse_known_args(argv)
     config = train.parse_args(train_flags)  # rejects a bad train.py flag before any run
     seeds = [int(s) for s in args.seeds.split(",")]
+    bases = args.methods.split(",")
+    if set(bases) - set(RESTARTED):
+        raise train.UserError(f"--methods {args.methods}: choose from {list(RESTARTED)}, comma-separated")
+    twins = [RESTARTED[b] for b in bases]
+    authors = authors_schedule(config.max_iters)
+    if args.part in ("paper", "remora") and any(f.split("=")[0] in AUTHORS_FLAGS for f in train_flags):
+        raise train.UserError(f"--part {args.part} sets {', '.join(AUTHORS_FLAGS)} from --max_iters (the authors' "
+                              f"schedule): leave them out")
     if args.part == "rank":
         lines = rank_table(config.n_embd, config.rank, args.restarts)
     else:
-        needs = {"paper": ["lora", "mora"], "merge_every": ["relora", "remora"], "remora": ["remora"]}[args.part]
-        rates = {m: grid[0] for m, grid in parse_lrs(args.lrs, needs).items()}
+        needs = {"paper": bases, "merge_every": twins, "remora": ["remora"]}[args.part]
+        rates = {}
+        for m, grid in parse_lrs(args.lrs, needs).items():
+            if len(grid) > 1:
+                raise train.UserError(f"--lrs {args.lrs} gives {m} {len(grid)} rates; give one (pick it on a "
+                                      f"tuning seed with experiments/pretraining.py)")
+            rates[m] = grid[0]
         if args.part == "paper":
-            authors = ["--schedule", "cycle", "--restart_warmup", "50", "--min_lr_ratio", "0"]
-            configs = {m: (m, rates[TWINS.get(m, m)], train_flags + authors)
-                       for m in ("lora", "relora", "mora", "remora")}
-            pairs = [("lora", "relora"), ("mora", "remora")]
+            configs = {m: (m, rates[base], train_flags + authors) for base in bases for m in (base, RESTARTED[base])}
+            pairs = list(zip(bases, twins))
         elif args.part == "merge_every":
             configs = {f"{m} every {n}": (m, rates[m], train_flags + ["--merge_every", n])
-                       for m in ("relora", "remora") for n in args.frequencies.split(",")}
-            configs.update({f"{TWINS[m]} (never)": (TWINS[m], rates[m], train_flags) for m in ("relora", "remora")})
+                       for m in twins for n in args.frequencies.split(",")}
+            configs.update({f"{TWINS[m]} (never)": (TWINS[m], rates[m], train_flags) for m in twins})
             pairs = [(f"{TWINS[m]} (never)", label) for label, (m, _, _) in configs.items() if m in TWINS]
         else:
             compressions = {"random permutations": "share", "alternating groupings": AUTHORS_COMPRESSION}
-            configs = {f"remora share, {way}": ("remora", rates["remora"], train_flags + ["--compress", compress])
-                       for way, compress in compressions.items()}
+            configs = {f"remora share, {way}": ("remora", rates["remora"], train_flags + authors + ["--compress", c])
+                       for way, c in compressions.items()}
             pairs = [tuple(configs)]
         lines = compare(os.path.join("out", "compare", f"restarts-{args.part}"), configs, pairs, seeds)
     print("\n".join(lines))

@@ -13,9 +13,9 @@ import mora
 import train
 from experiments import restarts
 
-TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
-        "--eval_iters", "2", "--warmup", "2", "--max_iters", "6", "--eval_interval", "3", "--rank", "2",
-        "--merge_every", "2", "--log_interval", "1"]
+MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
+         "--eval_iters", "2", "--eval_interval", "3", "--rank", "2", "--log_interval", "1"]
+TINY = MODEL + ["--warmup", "2", "--max_iters", "6", "--merge_every", "2"]
 
 
 @pytest.fixture(autouse=True)
@@ -62,20 +62,42 @@ def test_the_authors_remora_alternates_groupings_and_its_rank_stops_growing():
     assert alternating_ranks[1:] == [alternating_ranks[1]] * 3 and alternating_ranks[1] < 128  # two subspaces only
 
 
+def test_the_authors_schedule_scales_their_10k_step_run():
+    # Theirs: 10,000 steps, warmup 1,000, a merge every 2,000, 50 steps of re-warmup, cosine to zero.
+    assert restarts.authors_schedule(10_000) == ["--schedule", "cycle", "--warmup", "1000", "--merge_every", "2000",
+                                                 "--restart_warmup", "50", "--min_lr_ratio", "0"]
+    assert restarts.authors_schedule(1000)[3:8:2] == ["100", "200", "5"]
+
+
 def test_the_paper_setting_shares_a_rate_and_runs_the_authors_schedule(workdir):
-    tables = restarts.main(["--part", "paper", "--lrs", "lora=1e-2,mora=3e-2", "--seeds", "1,2", *TINY])["tables"]
+    tables = restarts.main(["--part", "paper", "--lrs", "lora=1e-2,mora=3e-2", "--seeds", "1,2", *MODEL,
+                            "--max_iters", "10"])["tables"]
     assert [line.split(" | ")[0] for line in tables if line.startswith("| ") and "lr |" not in line][:4] == \
         ["| lora", "| relora", "| mora", "| remora"]
     assert any(line.startswith("| lora - relora |") for line in tables)
     folder = workdir / "out" / "compare" / "restarts-paper" / "relora" / "relora-lr0.01-seed1"
     records = [json.loads(line) for line in open(folder / "metrics.jsonl")]
     config = records[0]
-    assert (config["schedule"], config["restart_warmup"], config["min_lr_ratio"], config["lr"], config["merge_every"]) \
-        == ("cycle", 50, 0, 1e-2, 2)
-    assert [r["lr"] for r in records if r["kind"] == "train"] == pytest.approx(
-        [train.get_lr(it, train.parse_args(TINY + ["--method", "relora", "--lr", "1e-2", "--schedule", "cycle",
-                                                   "--restart_warmup", "50", "--min_lr_ratio", "0"]))
-         for it in range(6)])
+    assert (config["schedule"], config["warmup"], config["merge_every"], config["restart_warmup"],
+            config["min_lr_ratio"], config["lr"]) == ("cycle", 1, 2, 1, 0, 1e-2)
+    assert [r["iter"] for r in records if r["kind"] == "restart"] == [2, 4, 6, 8]
+
+    half = restarts.main(["--part", "paper", "--methods", "mora", "--lrs", "mora=3e-2", "--seeds", "1", *MODEL,
+                          "--max_iters", "10"])["tables"]
+    assert [line.split(" | ")[0] for line in half if line.startswith("| ") and " | 0.03 | " in line] == \
+        ["| mora", "| remora"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--part", "paper", "--lrs", "lora=1e-2:3e-2,mora=3e-2"], "gives lora 2 rates"),
+    (["--part", "paper", "--lrs", "lora=1e-2,mora=3e-2", "--merge_every", "5"], "leave them out"),
+    (["--part", "remora", "--lrs", "remora=1e-2", "--warmup=5"], "leave them out"),
+    (["--part", "paper", "--methods", "relora", "--lrs", "relora=1e-2"], "--methods relora"),
+])
+def test_bad_flags_end_in_one_line_before_any_run(flags, message, workdir):
+    with pytest.raises(train.UserError, match=message):
+        restarts.main(flags + MODEL)
+    assert not (workdir / "out").exists()
 
 
 def test_merge_frequency_and_remora_both_ways(workdir):
@@ -89,10 +111,12 @@ def test_merge_frequency_and_remora_both_ways(workdir):
         "metrics.jsonl") if json.loads(line)["kind"] == "restart"]
     assert restarts_at == [3]
 
-    tables = restarts.main(["--part", "remora", "--lrs", "remora=3e-2", "--seeds", "1", *TINY])["tables"]
+    tables = restarts.main(["--part", "remora", "--lrs", "remora=3e-2", "--seeds", "1", *MODEL, "--max_iters", "6"])[
+        "tables"]
     assert any("random permutations - remora share, alternating groupings" in line for line in tables)
     root = workdir / "out" / "compare" / "restarts-remora"
     for way, identity in (("random-permutations", False), ("alternating-groupings", True)):
         state = torch.load(root / f"remora-share-{way}" / "remora-lr0.03-seed1" / "ckpt.pt", weights_only=True)
+        assert state["config"]["schedule"] == "cycle"  # both under the authors' schedule
         perm = next(v for k, v in state["model"].items() if k.endswith("in_perm"))
         assert torch.equal(perm, torch.arange(len(perm))) == identity  # the authors' variant permutes nothing
