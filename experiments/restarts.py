@@ -98,6 +98,24 @@ def accumulated_rank(alternating: bool, features: int, r: int, restarts: int, se
     return ranks
 
 
+def mean_lr(config, method: str, start: int) -> float:
+    """The mean of train.get_lr over steps start ... max_iters - 1 for this method."""
+    config = argparse.Namespace(**{**vars(config), "method": method})
+    return sum(train.get_lr(it, config) for it in range(start, config.max_iters)) / (config.max_iters - start)
+
+
+def rate_ratio_table(train_flags: list[str]) -> list[str]:
+    """How much more learning rate a restarted method gets than its base at the same --lr, under each schedule:
+    ReLoRA's mean rate over LoRA's, over the run, its second half and its last cycle (arithmetic, no training)."""
+    lines = ["| mean lr, ReLoRA / LoRA at one --lr | the run | its second half | its last cycle |", "|---|---|---|---|"]
+    for schedule in ("cycle", "jagged"):
+        config = train.parse_args(train_flags + ["--lr", "1", "--schedule", schedule])
+        starts = (0, config.max_iters // 2, config.max_iters - config.merge_every)
+        lines.append(f"| --schedule {schedule} | " + " | ".join(
+            f"{mean_lr(config, 'relora', s) / mean_lr(config, 'lora', s):.2f}x" for s in starts) + " |")
+    return lines + [""]
+
+
 def rank_table(features: int, r: int, restarts: int) -> list[str]:
     r_hat = mora.r_hat(features, features, r)
     lines = [f"Rank of the accumulated update W - W0 of a {features}x{features} layer, sharing at r={r} (r^ = {r_hat}),"
@@ -170,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
                        for way, c in compressions.items()}
             pairs = [tuple(configs)]
         lines = compare(os.path.join("out", "compare", f"restarts-{args.part}"), configs, pairs, seeds)
+        if args.part == "paper":
+            lines = rate_ratio_table(train_flags + authors) + lines
     print("\n".join(lines))
     write_json(os.path.join("out", "compare", f"restarts-{args.part}", "results.json"),
                {"part": args.part, "train_flags": train_flags, "seeds": seeds, "tables": lines})

@@ -69,10 +69,19 @@ def test_the_authors_schedule_scales_their_10k_step_run():
     assert restarts.authors_schedule(1000)[3:8:2] == ["100", "200", "5"]
 
 
+def test_the_rate_ratio_table_by_hand():
+    # A constant rate, a restart at step 2 with one step of re-warmup: both schedules run ReLoRA at 1, 1, 1/2, 1 and
+    # LoRA at 1, 1, 1, 1; the run's mean ratio is 3.5/4, its second half's (steps 2, 3) and last cycle's 1.5/2.
+    flags = ["--max_iters", "4", "--warmup", "0", "--merge_every", "2", "--restart_warmup", "1", "--min_lr_ratio", "1"]
+    assert restarts.rate_ratio_table(flags)[2:4] == [f"| --schedule {s} | 0.88x | 0.75x | 0.75x |"
+                                                     for s in ("cycle", "jagged")]
+
+
 def test_the_paper_setting_shares_a_rate_and_runs_the_authors_schedule(workdir):
     tables = restarts.main(["--part", "paper", "--lrs", "lora=1e-2,mora=3e-2", "--seeds", "1,2", *MODEL,
                             "--max_iters", "10"])["tables"]
-    assert [line.split(" | ")[0] for line in tables if line.startswith("| ") and "lr |" not in line][:4] == \
+    assert tables[0].startswith("| mean lr, ReLoRA / LoRA") and tables[2].startswith("| --schedule cycle | ")
+    assert [line.split(" | ")[0] for line in tables[5:] if line.startswith("| ") and "lr |" not in line][:4] == \
         ["| lora", "| relora", "| mora", "| remora"]
     assert any(line.startswith("| lora - relora |") for line in tables)
     folder = workdir / "out" / "compare" / "restarts-paper" / "relora" / "relora-lr0.01-seed1"
