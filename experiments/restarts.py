@@ -5,23 +5,26 @@ passes through (--max_iters, --rank, ...); runs are experiments/pretraining.py's
 
     python -m experiments.restarts --part rank          # the accumulated update's rank after k restarts: seconds
     python -m experiments.restarts --part paper --lrs lora=3e-3,mora=1e-2 --seeds 1,2,3 --max_iters 1000
-    python -m experiments.restarts --part merge_every --frequencies 100,200,500 --lrs relora=1e-2,remora=3e-2 \
-        --seeds 1,2,3 --max_iters 1000
-    python -m experiments.restarts --part remora --lrs remora=1e-2 --seeds 1,2,3 --max_iters 1000
-    python -m experiments.restarts --part rank --max_iters 2    # CPU smoke test: tiny and fast
+    python -m experiments.restarts --part tuned --lrs lora=3e-3,relora=1e-2,mora=1e-2,remora=3e-2 --max_iters 1000
+    python -m experiments.restarts --part merge_every --lrs relora=1e-2,remora=3e-2 --max_iters 1000
+    python -m experiments.restarts --part remora --lrs remora=1e-2 --max_iters 1000
+    python -m experiments.restarts --part paper --lrs lora=1e-2,mora=3e-2 --max_iters 10 --n_embd 32  # CPU smoke test
 
-Parts. paper: each method and its restarted twin at one shared rate (the base method's, as the paper gives one
-rate), under the authors' schedule scaled to --max_iters: their 10,000-step run warms up for 1,000 steps, merges
-every 2,000 and then warms up again for 50 steps into a fresh cosine from the rate reached down to zero (train.py
---schedule cycle --min_lr_ratio 0), Adam state dropped; so here warmup max_iters/10, a merge every max_iters/5 and
-a re-warmup of 1/40 of that. Pick the shared rates with experiments/pretraining.py under the same schedule (the
-base methods never merge): --warmup <max_iters/10> --min_lr_ratio 0. merge_every: ReLoRA / ReMoRA at one rate each
-under ReLoRA's jagged cosine, merging every N steps, and never (LoRA / MoRA at that rate). remora: under the
-authors' schedule, ReMoRA with sharing and this project's random permutations against the authors' variant, which
-alternates sharing's grouping at every merge (interleaved, then contiguous) and permutes nothing: AlternatingShare
-and its restart hook below, a fork's way to change what a restart does without touching train.py. --methods lora or
-mora runs half of paper or merge_every (two halves side by side on two cores; then the whole command reads both
-from the cache). Tables: stdout and out/compare/restarts-<part>/results.json.
+Every part but rank runs the MoRA authors' schedule scaled to --max_iters: their 10,000-step run warms up for 1,000
+steps, merges every 2,000, then warms up again for 50 steps into a fresh cosine from the rate reached down to zero,
+Adam state dropped; so here a warmup of max_iters/10, a merge every max_iters/5 and a re-warmup of 1/40 of that
+(train.py --schedule cycle --min_lr_ratio 0). The base methods never merge, so pick their rates with
+experiments/pretraining.py --warmup <max_iters/10> --min_lr_ratio 0, and the restarted ones' with the jagged flags
+below. Parts. paper: each method and its restarted twin at one shared rate (the base method's, as the paper gives
+one rate for all), under that schedule. tuned: each at its own rate, the twin under ReLoRA's jagged cosine instead
+(--schedule jagged: re-warm within the one cosine the base method follows), same merges, warmups and floor.
+merge_every: the jagged twins at their rates merging every N steps, and never (the base method at the twin's rate).
+remora: ReMoRA with sharing, this project's random permutations against the authors' variant, which alternates
+sharing's grouping at every merge (interleaved, then contiguous) and permutes nothing: AlternatingShare and its
+restart hook below, a fork's way to change what a restart does without touching train.py. --methods lora or mora
+runs half of paper, tuned or merge_every (two halves side by side on two cores; then the whole command reads both
+from the cache). Runs: out/compare/restarts/<run>/, shared by the parts where they coincide; tables: stdout and
+out/compare/restarts/<part>.json.
 """
 
 import argparse
@@ -145,53 +148,75 @@ def compare(root: str, configs: dict[str, tuple[str, float, list[str]]], pairs: 
     return lines
 
 
+def part_configs(part: str, bases: list[str], rates: dict[str, float], authors: list[str],
+                 frequencies: list[int]) -> tuple[dict[str, tuple[str, float, list[str]]], list[tuple[str, str]]]:
+    """A part's runs (label: method, rate, train.py flags; the label names the run's folder, so a run two parts share
+    runs once) and the pairs (a, b) whose difference a - b it reports. authors: the train.py flags with the authors'
+    schedule; the base methods never merge, so they run the same under either schedule."""
+    jagged, every = authors + ["--schedule", "jagged"], train.parse_args(authors).merge_every
+    if part == "remora":
+        ways = {"random permutations": "share", "alternating groupings": AUTHORS_COMPRESSION}
+        configs = {f"remora share, {way}, cycle every {every}": ("remora", rates["remora"], authors + ["--compress", c])
+                   for way, c in ways.items()}
+        return configs, [tuple(configs)]
+    configs, pairs = {}, []
+    for base in bases:
+        twin = RESTARTED[base]
+        if part == "paper":  # one rate, the base method's
+            twins = {f"{twin}, cycle every {every}": (twin, rates[base], authors)}
+        elif part == "tuned":
+            twins = {f"{twin}, jagged every {every}": (twin, rates[twin], jagged)}
+        else:  # merge_every: the base method is the twin that never merges, at the twin's rate
+            twins = {f"{twin}, jagged every {k}": (twin, rates[twin], jagged + ["--merge_every", str(k)])
+                     for k in frequencies}
+        configs[base] = (base, rates[twin] if part == "merge_every" else rates[base], authors)
+        configs.update(twins)
+        pairs += [(base, label) for label in twins]
+    return configs, pairs
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
-    parser.add_argument("--part", required=True, choices=("rank", "paper", "merge_every", "remora"), help="see above")
+    parser.add_argument("--part", required=True, choices=("rank", "paper", "tuned", "merge_every", "remora"),
+                        help="see above")
     parser.add_argument("--lrs", default="", help="one rate per method, 'lora=3e-3,mora=1e-2' (picked elsewhere)")
-    parser.add_argument("--methods", default="lora,mora", help="paper, merge_every: the base methods to run")
+    parser.add_argument("--methods", default="lora,mora", help="paper, tuned, merge_every: the base methods to run")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (rates were picked on another)")
-    parser.add_argument("--frequencies", default="150,300,600", help="--part merge_every: merge every N steps")
+    parser.add_argument("--frequencies", help="--part merge_every: merge every N steps; default max_iters/10, /5, /2")
     parser.add_argument("--restarts", type=train.numeric(int, positive=True), default=6, help="--part rank: cycles")
     args, train_flags = parser.parse_known_args(argv)
     config = train.parse_args(train_flags)  # rejects a bad train.py flag before any run
+    if args.part == "rank":
+        lines = rank_table(config.n_embd, config.rank, args.restarts)
+        print("\n".join(lines))
+        return {"tables": lines}
     seeds = [int(s) for s in args.seeds.split(",")]
     bases = args.methods.split(",")
     if set(bases) - set(RESTARTED):
         raise train.UserError(f"--methods {args.methods}: choose from {list(RESTARTED)}, comma-separated")
-    twins = [RESTARTED[b] for b in bases]
-    authors = authors_schedule(config.max_iters)
-    if args.part in ("paper", "remora") and any(f.split("=")[0] in AUTHORS_FLAGS for f in train_flags):
+    if any(f.split("=")[0] in AUTHORS_FLAGS for f in train_flags):
         raise train.UserError(f"--part {args.part} sets {', '.join(AUTHORS_FLAGS)} from --max_iters (the authors' "
                               f"schedule): leave them out")
-    if args.part == "rank":
-        lines = rank_table(config.n_embd, config.rank, args.restarts)
-    else:
-        needs = {"paper": bases, "merge_every": twins, "remora": ["remora"]}[args.part]
-        rates = {}
-        for m, grid in parse_lrs(args.lrs, needs).items():
-            if len(grid) > 1:
-                raise train.UserError(f"--lrs {args.lrs} gives {m} {len(grid)} rates; give one (pick it on a "
-                                      f"tuning seed with experiments/pretraining.py)")
-            rates[m] = grid[0]
-        if args.part == "paper":
-            configs = {m: (m, rates[base], train_flags + authors) for base in bases for m in (base, RESTARTED[base])}
-            pairs = list(zip(bases, twins))
-        elif args.part == "merge_every":
-            configs = {f"{m} every {n}": (m, rates[m], train_flags + ["--merge_every", n])
-                       for m in twins for n in args.frequencies.split(",")}
-            configs.update({f"{TWINS[m]} (never)": (TWINS[m], rates[m], train_flags) for m in twins})
-            pairs = [(f"{TWINS[m]} (never)", label) for label, (m, _, _) in configs.items() if m in TWINS]
-        else:
-            compressions = {"random permutations": "share", "alternating groupings": AUTHORS_COMPRESSION}
-            configs = {f"remora share, {way}": ("remora", rates["remora"], train_flags + authors + ["--compress", c])
-                       for way, c in compressions.items()}
-            pairs = [tuple(configs)]
-        lines = compare(os.path.join("out", "compare", f"restarts-{args.part}"), configs, pairs, seeds)
-        if args.part == "paper":
-            lines = rate_ratio_table(train_flags + authors) + lines
+    needs = {"paper": bases, "tuned": bases + [RESTARTED[b] for b in bases], "remora": ["remora"],
+             "merge_every": [RESTARTED[b] for b in bases]}[args.part]
+    rates = {}
+    for m, grid in parse_lrs(args.lrs, needs).items():
+        if len(grid) > 1:
+            raise train.UserError(f"--lrs {args.lrs} gives {m} {len(grid)} rates; give one (pick it on a tuning seed "
+                                  f"with experiments/pretraining.py)")
+        rates[m] = grid[0]
+    n = config.max_iters
+    try:
+        frequencies = [int(k) for k in args.frequencies.split(",")] if args.frequencies else [n // 10, n // 5, n // 2]
+    except ValueError:
+        raise train.UserError(f"--frequencies {args.frequencies}: write step counts, as 100,200,500") from None
+    configs, pairs = part_configs(args.part, bases, rates, train_flags + authors_schedule(n), frequencies)
+    root = os.path.join("out", "compare", "restarts")
+    lines = compare(root, configs, pairs, seeds)
+    if args.part == "paper":
+        lines = rate_ratio_table(train_flags + authors_schedule(n)) + lines
     print("\n".join(lines))
-    write_json(os.path.join("out", "compare", f"restarts-{args.part}", "results.json"),
+    write_json(os.path.join(root, f"{args.part}.json"),
                {"part": args.part, "train_flags": train_flags, "seeds": seeds, "tables": lines})
     return {"tables": lines}
 

@@ -15,7 +15,6 @@ from experiments import restarts
 
 MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
          "--eval_iters", "2", "--eval_interval", "3", "--rank", "2", "--log_interval", "1"]
-TINY = MODEL + ["--warmup", "2", "--max_iters", "6", "--merge_every", "2"]
 
 
 @pytest.fixture(autouse=True)
@@ -77,30 +76,45 @@ def test_the_rate_ratio_table_by_hand():
                                                      for s in ("cycle", "jagged")]
 
 
-def test_the_paper_setting_shares_a_rate_and_runs_the_authors_schedule(workdir):
-    tables = restarts.main(["--part", "paper", "--lrs", "lora=1e-2,mora=3e-2", "--seeds", "1,2", *MODEL,
-                            "--max_iters", "10"])["tables"]
-    assert tables[0].startswith("| mean lr, ReLoRA / LoRA") and tables[2].startswith("| --schedule cycle | ")
-    assert [line.split(" | ")[0] for line in tables[5:] if line.startswith("| ") and "lr |" not in line][:4] == \
-        ["| lora", "| relora", "| mora", "| remora"]
-    assert any(line.startswith("| lora - relora |") for line in tables)
-    folder = workdir / "out" / "compare" / "restarts-paper" / "relora" / "relora-lr0.01-seed1"
+def config_and_restarts(folder):
     records = [json.loads(line) for line in open(folder / "metrics.jsonl")]
-    config = records[0]
-    assert (config["schedule"], config["warmup"], config["merge_every"], config["restart_warmup"],
-            config["min_lr_ratio"], config["lr"]) == ("cycle", 1, 2, 1, 0, 1e-2)
-    assert [r["iter"] for r in records if r["kind"] == "restart"] == [2, 4, 6, 8]
+    return records[0], [r["iter"] for r in records if r["kind"] == "restart"]
 
-    half = restarts.main(["--part", "paper", "--methods", "mora", "--lrs", "mora=3e-2", "--seeds", "1", *MODEL,
-                          "--max_iters", "10"])["tables"]
-    assert [line.split(" | ")[0] for line in half if line.startswith("| ") and " | 0.03 | " in line] == \
-        ["| mora", "| remora"]
+
+def rows(tables):
+    """The row labels of a part's tables: its runs, then its paired differences."""
+    return [line.split(" | ")[0][2:] for line in tables if line.startswith("| ") and not line.startswith("| --")
+            and "lr |" not in line and "mean |" not in line]
+
+
+def test_paper_and_tuned_settings_share_the_base_runs(workdir):
+    tiny = ["--seeds", "1,2", *MODEL, "--max_iters", "10"]  # the authors' schedule: warmup 1, merges every 2
+    tables = restarts.main(["--part", "paper", "--lrs", "lora=1e-2,mora=3e-2", *tiny])["tables"]
+    assert tables[0].startswith("| mean lr, ReLoRA / LoRA") and tables[2].startswith("| --schedule cycle | ")
+    assert rows(tables) == ["lora", "relora, cycle every 2", "mora", "remora, cycle every 2",
+                            "lora - relora, cycle every 2", "mora - remora, cycle every 2"]
+    root = workdir / "out" / "compare" / "restarts"
+    config, restarted_at = config_and_restarts(root / "relora-cycle-every-2" / "relora-lr0.01-seed1")
+    assert (config["schedule"], config["warmup"], config["merge_every"], config["restart_warmup"],
+            config["min_lr_ratio"], config["lr"]) == ("cycle", 1, 2, 1, 0, 1e-2)  # LoRA's rate
+    assert restarted_at == [2, 4, 6, 8]
+    lora_run = root / "lora" / "lora-lr0.01-seed1" / "metrics.jsonl"
+    written = lora_run.stat().st_mtime_ns
+
+    tables = restarts.main(["--part", "tuned", "--methods", "lora", "--lrs", "lora=1e-2,relora=3e-3", *tiny])["tables"]
+    assert rows(tables) == ["lora", "relora, jagged every 2", "lora - relora, jagged every 2"]
+    config, restarted_at = config_and_restarts(root / "relora-jagged-every-2" / "relora-lr0.003-seed2")
+    assert (config["schedule"], config["warmup"], config["merge_every"], config["restart_warmup"],
+            config["min_lr_ratio"], config["lr"]) == ("jagged", 1, 2, 1, 0, 3e-3)  # its own rate
+    assert restarted_at == [2, 4, 6, 8] and lora_run.stat().st_mtime_ns == written  # LoRA's runs, from the cache
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--part", "paper", "--lrs", "lora=1e-2:3e-2,mora=3e-2"], "gives lora 2 rates"),
     (["--part", "paper", "--lrs", "lora=1e-2,mora=3e-2", "--merge_every", "5"], "leave them out"),
     (["--part", "remora", "--lrs", "remora=1e-2", "--warmup=5"], "leave them out"),
+    (["--part", "tuned", "--lrs", "lora=1e-2,mora=3e-2"], "no rate for"),
+    (["--part", "merge_every", "--lrs", "relora=1e-2,remora=3e-2", "--frequencies", "100,2e2"], "2e2: write step"),
     (["--part", "paper", "--methods", "relora", "--lrs", "relora=1e-2"], "--methods relora"),
 ])
 def test_bad_flags_end_in_one_line_before_any_run(flags, message, workdir):
@@ -110,22 +124,23 @@ def test_bad_flags_end_in_one_line_before_any_run(flags, message, workdir):
 
 
 def test_merge_frequency_and_remora_both_ways(workdir):
-    tables = restarts.main(["--part", "merge_every", "--frequencies", "2,3", "--lrs", "relora=1e-2,remora=3e-2",
-                            "--seeds", "1", *TINY])["tables"]
-    labels = [line.split(" | ")[0][2:] for line in tables if line.startswith("| ") and " - " in line]
-    assert labels == [f"{base} (never) - {m} every {n}" for base, m in (("lora", "relora"), ("mora", "remora"))
-                      for n in (2, 3)]
-    restarts_at = [json.loads(line)["iter"] for line in open(
-        workdir / "out" / "compare" / "restarts-merge_every" / "remora-every-3" / "remora-lr0.03-seed1" /
-        "metrics.jsonl") if json.loads(line)["kind"] == "restart"]
-    assert restarts_at == [3]
+    tiny = ["--seeds", "1", *MODEL, "--max_iters", "10"]
+    tables = restarts.main(["--part", "merge_every", "--lrs", "relora=1e-2,remora=3e-2", *tiny])["tables"]
+    assert [row for row in rows(tables) if " - " in row] == [
+        f"{base} - {twin}, jagged every {n}" for base, twin in (("lora", "relora"), ("mora", "remora"))
+        for n in (1, 2, 5)]  # the default frequencies: max_iters/10, /5, /2
+    root = workdir / "out" / "compare" / "restarts"
+    assert config_and_restarts(root / "remora-jagged-every-5" / "remora-lr0.03-seed1")[1] == [5]
+    config, restarted_at = config_and_restarts(root / "mora" / "mora-lr0.03-seed1")
+    assert restarted_at == [] and config["lr"] == 3e-2  # never: the base method at the twin's rate
 
-    tables = restarts.main(["--part", "remora", "--lrs", "remora=3e-2", "--seeds", "1", *MODEL, "--max_iters", "6"])[
-        "tables"]
-    assert any("random permutations - remora share, alternating groupings" in line for line in tables)
-    root = workdir / "out" / "compare" / "restarts-remora"
+    tables = restarts.main(["--part", "remora", "--lrs", "remora=3e-2", *tiny])["tables"]
+    assert "remora share, random permutations, cycle every 2 - remora share, alternating groupings, cycle every 2" \
+        in rows(tables)
     for way, identity in (("random-permutations", False), ("alternating-groupings", True)):
-        state = torch.load(root / f"remora-share-{way}" / "remora-lr0.03-seed1" / "ckpt.pt", weights_only=True)
-        assert state["config"]["schedule"] == "cycle"  # both under the authors' schedule
+        state = torch.load(root / f"remora-share-{way}-cycle-every-2" / "remora-lr0.03-seed1" / "ckpt.pt",
+                           weights_only=True)
+        assert (state["config"]["schedule"], state["config"]["merge_every"]) == ("cycle", 2)  # the authors'
         perm = next(v for k, v in state["model"].items() if k.endswith("in_perm"))
         assert torch.equal(perm, torch.arange(len(perm))) == identity  # the authors' variant permutes nothing
+    assert sorted(p.name for p in root.glob("*.json")) == ["merge_every.json", "remora.json"]
