@@ -222,4 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main, "experiments/restarts.py")
+    # Run the imported module, not this __main__ copy of it: train.py builds --compress
+    # experiments.restarts:AlternatingShare from the imported one, and alternate_groupings must test that same class.
+    from experiments import restarts
+    run_main(restarts.main, "experiments/restarts.py")

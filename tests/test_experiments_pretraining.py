@@ -68,3 +68,17 @@ def test_a_run_by_other_code_is_run_again(workdir, monkeypatch):
     assert len(trained) == 2  # both runs again: the tuning seed's and the reporting seed's
     assert json.load(open(workdir / "out" / "compare" / "code" / "lora-lr0.01-seed1" / "code.json")) == {
         "digest": "another version of mora.py"}
+
+
+def test_a_run_with_a_forks_compression_is_run_again_when_its_module_changes(workdir, monkeypatch):
+    (workdir / "my_compression.py").write_text("import mora\n\n\nclass Mine(mora.Share):\n    pass\n")
+    monkeypatch.syspath_prepend(str(workdir))
+    flags = TINY + ["--compress", "my_compression:Mine"]
+    trained = []
+    real_main = train.main
+    monkeypatch.setattr(train, "main", lambda flags: trained.append(flags) or real_main(flags))
+    for source_changed in (False, False, True):
+        if source_changed:
+            (workdir / "my_compression.py").write_text("import mora\n\n\nclass Mine(mora.Share):\n    contiguous = 1\n")
+        compare.run("out/compare/fork", "mora", 1e-2, 1, flags)
+    assert len(trained) == 2  # the second call was the cached run; the edit to the module made the third train again

@@ -5,6 +5,9 @@ permutations, and the three comparisons at toy size (CPU, seconds).
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -144,3 +147,16 @@ def test_merge_frequency_and_remora_both_ways(workdir):
         perm = next(v for k, v in state["model"].items() if k.endswith("in_perm"))
         assert torch.equal(perm, torch.arange(len(perm))) == identity  # the authors' variant permutes nothing
     assert sorted(p.name for p in root.glob("*.json")) == ["merge_every.json", "remora.json"]
+
+
+def test_as_a_script_the_authors_variant_permutes_nothing(workdir):
+    """python -m runs this file as __main__, a second copy of the module beside the one that --compress
+    experiments.restarts:AlternatingShare imports: the hook must act on that one's class (it once did not)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-m", "experiments.restarts", "--part", "remora", "--lrs", "remora=3e-2",
+                    "--seeds", "1", *MODEL, "--max_iters", "10"], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": repo})
+    run = workdir / "out" / "compare" / "restarts" / "remora-share-alternating-groupings-cycle-every-2"
+    state = torch.load(run / "remora-lr0.03-seed1" / "ckpt.pt", weights_only=True)
+    perm = next(v for k, v in state["model"].items() if k.endswith("in_perm"))
+    assert torch.equal(perm, torch.arange(len(perm)))
