@@ -4,11 +4,11 @@ authors ran them and at each method's own rate, how often to merge, and ReMoRA t
 passes through (--max_iters, --rank, ...); runs are experiments/pretraining.py's, cached and resumable.
 
     python -m experiments.restarts --part rank          # the accumulated update's rank after k restarts: seconds
-    python -m experiments.restarts --part paper --lrs lora=3e-3,mora=1e-2 --seeds 1,2,3 --max_iters 1000
-    python -m experiments.restarts --part tuned --lrs lora=3e-3,relora=1e-2,mora=1e-2,remora=3e-2 --max_iters 1000
-    python -m experiments.restarts --part merge_every --lrs relora=1e-2,remora=3e-2 --max_iters 1000
+    python -m experiments.restarts --part paper --lrs lora=1e-2,mora=1e-2 --seeds 1,2,3 --max_iters 1000
+    python -m experiments.restarts --part tuned --lrs lora=1e-2,relora=1e-2,mora=1e-2,remora=1e-2 --max_iters 1000
+    python -m experiments.restarts --part merge_every --lrs relora=1e-2,remora=1e-2 --max_iters 1000
     python -m experiments.restarts --part remora --lrs remora=1e-2 --max_iters 1000
-    python -m experiments.restarts --part paper --lrs lora=1e-2,mora=3e-2 --max_iters 10 --n_embd 32  # CPU smoke test
+    python -m experiments.restarts --part paper --lrs lora=1e-2,mora=1e-2 --max_iters 10 --eval_iters 2 --tag smoke
 
 Every part but rank runs the MoRA authors' schedule scaled to --max_iters: their 10,000-step run warms up for 1,000
 steps, merges every 2,000, then warms up again for 50 steps into a fresh cosine from the rate reached down to zero,
@@ -23,8 +23,8 @@ remora: ReMoRA with sharing, this project's random permutations against the auth
 sharing's grouping at every merge (interleaved, then contiguous) and permutes nothing: AlternatingShare and its
 restart hook below, a fork's way to change what a restart does without touching train.py. --methods lora or mora
 runs half of paper, tuned or merge_every (two halves side by side on two cores; then the whole command reads both
-from the cache). Runs: out/compare/restarts/<run>/, shared by the parts where they coincide; tables: stdout and
-out/compare/restarts/<part>.json.
+from the cache). Runs: out/compare/<tag>/<run>/, shared by the parts where they coincide; tables: stdout and
+out/compare/<tag>/<part>.json.
 """
 
 import argparse
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (rates were picked on another)")
     parser.add_argument("--frequencies", help="--part merge_every: merge every N steps; default max_iters/10, /5, /2")
     parser.add_argument("--restarts", type=train.numeric(int, positive=True), default=6, help="--part rank: cycles")
+    parser.add_argument("--tag", default="restarts", help="name of this sweep, its folder under out/compare/")
     args, train_flags = parser.parse_known_args(argv)
     config = train.parse_args(train_flags)  # rejects a bad train.py flag before any run
     if args.part == "rank":
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError:
         raise train.UserError(f"--frequencies {args.frequencies}: write step counts, as 100,200,500") from None
     configs, pairs = part_configs(args.part, bases, rates, train_flags + authors_schedule(n), frequencies)
-    root = os.path.join("out", "compare", "restarts")
+    root = os.path.join("out", "compare", args.tag)
     lines = compare(root, configs, pairs, seeds)
     if args.part == "paper":
         lines = rate_ratio_table(train_flags + authors_schedule(n)) + lines
