@@ -211,11 +211,12 @@ def main(argv: list[str] | None = None) -> dict:
         frequencies = [int(k) for k in args.frequencies.split(",")] if args.frequencies else [n // 10, n // 5, n // 2]
     except ValueError:
         raise train.UserError(f"--frequencies {args.frequencies}: write step counts, as 100,200,500") from None
-    configs, pairs = part_configs(args.part, bases, rates, train_flags + authors_schedule(n), frequencies)
+    authors = train_flags + authors_schedule(n)
+    configs, pairs = part_configs(args.part, bases, rates, authors, frequencies)
     root = os.path.join("out", "compare", args.tag)
     lines = compare(root, configs, pairs, seeds)
     if args.part == "paper":
-        lines = rate_ratio_table(train_flags + authors_schedule(n)) + lines
+        lines = rate_ratio_table(authors) + lines
     print("\n".join(lines))
     write_json(os.path.join(root, f"{args.part}.json"),
                {"part": args.part, "train_flags": train_flags, "seeds": seeds, "tables": lines})
