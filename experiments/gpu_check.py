@@ -1,7 +1,7 @@
 """
 The whole GPU path in one command, with nothing to download (a GPU lent to this project reaches no hub):
 
-    python -m experiments.gpu_check                       # one CUDA GPU: ~10 minutes by estimate (never run on one)
+    python -m experiments.gpu_check                       # one CUDA GPU: 5 minutes on an H200 (passed, 2026-11-30)
     python -m experiments.gpu_check --toy --device cpu    # the same code path at toy sizes (a test runs it)
 
 1. train.py --compile in bf16 autocast: ReMoRA (MoRA's code, and a restart: a merge, new permutations, a recompile).

@@ -1,11 +1,19 @@
 """Shared fixtures: a tiny BPE tokenizer built offline, a tiny HuggingFace GPT-2 saved to a folder, a working folder
 with a barely pretrained base model for the UUID experiment."""
 
+import os
+
 import pytest
 import tiktoken
 import torch
 
 import train
+
+# The suite checks float32 arithmetic on the CPU, exactly in places, as CI runs it: on a machine with a GPU, device
+# "auto" must still mean the CPU. So CUDA is hidden from this process and the scripts it starts, MPS from this one
+# (the scripts whose device matters get --device cpu). The GPU path has its own check: python -m experiments.gpu_check
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+torch.backends.mps.is_available = lambda: False
 
 # A few merges over the bytes, so that tokens are not one byte each and UUIDs split unevenly.
 MERGES = [b"4a", b"-4", b"ab", b"12", b"c3", b"f0", b"9d", b"e ", b"th", b"the", b"in", b"ab12", b"-8", b"00"]

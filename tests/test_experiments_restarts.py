@@ -154,7 +154,7 @@ def test_as_a_script_the_authors_variant_permutes_nothing(workdir):
     experiments.restarts:AlternatingShare imports: the hook must act on that one's class (it once did not)."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-m", "experiments.restarts", "--part", "remora", "--lrs", "remora=3e-2",
-                    "--seeds", "1", *MODEL, "--max_iters", "10"], check=True, capture_output=True,
+                    "--seeds", "1", *MODEL, "--max_iters", "10", "--device", "cpu"], check=True, capture_output=True,
                    env={**os.environ, "PYTHONPATH": repo})
     run = workdir / "out" / "compare" / "restarts" / "remora-share-alternating-groupings-cycle-every-2"
     state = torch.load(run / "remora-lr0.03-seed1" / "ckpt.pt", weights_only=True)

@@ -6,7 +6,7 @@
 import torch
 
 import mora
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, setup_device
 
 TINY = GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32)
 
@@ -89,3 +89,9 @@ def test_optimizer_takes_trainable_parameters_and_decays_only_weight_matrices():
     assert decayed == [id(model.wte.weight)]
     assert set(plain) == {id(layer.M) for layer in mora.adapter_layers(model).values()}
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_device_auto_means_the_cpu_under_the_suite():
+    """conftest hides any GPU: the exact comparisons of this suite assume float32 on the CPU, where CI runs them."""
+    device, _, dtype = setup_device()
+    assert (device.type, dtype) == ("cpu", "float32")

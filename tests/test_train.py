@@ -338,8 +338,8 @@ train.train = train_and_save
 train.main(sys.argv[1:])
 """)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-               *TINY, "--method", method, "--max_iters", "12", "--eval_interval", "6", "--merge_every", "4",
-               "--out_dir", str(tmp_path)]
+               *TINY, "--method", method, "--device", "cpu", "--max_iters", "12", "--eval_interval", "6",
+               "--merge_every", "4", "--out_dir", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 process(es)" in result.stdout and len(records(tmp_path, "restart")) == 2
