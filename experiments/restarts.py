@@ -8,6 +8,7 @@ passes through (--max_iters, --rank, ...); runs are experiments/pretraining.py's
     python -m experiments.restarts --part tuned --lrs lora=1e-2,relora=1e-2,mora=1e-2,remora=1e-2 --max_iters 1000
     python -m experiments.restarts --part merge_every --lrs relora=1e-2,remora=1e-2 --max_iters 1000
     python -m experiments.restarts --part remora --lrs remora=1e-2 --max_iters 1000
+    python -m experiments.restarts --part reset --lrs relora=1e-2,remora=1e-2 --max_iters 1000
     python -m experiments.restarts --part paper --lrs lora=1e-2,mora=1e-2 --max_iters 10 --eval_iters 2 --tag smoke
 
 Every part but rank runs the MoRA authors' schedule scaled to --max_iters: their 10,000-step run warms up for 1,000
@@ -19,11 +20,13 @@ below. Parts. paper: each method and its restarted twin at one shared rate (the 
 one rate for all), under that schedule. tuned: each at its own rate, the twin under ReLoRA's jagged cosine instead
 (--schedule jagged: re-warm within the one cosine the base method follows), same merges, warmups and floor.
 merge_every: the jagged twins at their rates merging every N steps, and never (the base method at the twin's rate).
+reset: tuned's jagged twins, whose restarts drop Adam's state (step count too), against ReLoRA's resets, which keep
+the step and prune the moments (train.py --reset random: all but 0.1% zeroed; magnitude: all but the largest 10%).
 remora: ReMoRA with sharing, this project's random permutations against the authors' variant, which alternates
 sharing's grouping at every merge (interleaved, then contiguous) and permutes nothing: AlternatingShare and its
 restart hook below, a fork's way to change what a restart does without touching train.py. --methods lora or mora
-runs half of paper, tuned or merge_every (two halves side by side on two cores; then the whole command reads both
-from the cache). Runs: out/compare/<tag>/<run>/, shared by the parts where they coincide; tables: stdout and
+runs half of paper, tuned, merge_every or reset (two halves side by side on two cores; then the whole command reads
+both from the cache). Runs: out/compare/<tag>/<run>/, shared by the parts where they coincide; tables: stdout and
 out/compare/<tag>/<part>.json.
 """
 
@@ -162,25 +165,32 @@ def part_configs(part: str, bases: list[str], rates: dict[str, float], authors: 
     configs, pairs = {}, []
     for base in bases:
         twin = RESTARTED[base]
+        tuned = f"{twin}, jagged every {every}"
+        if part == "reset":  # tuned's twin, whose restarts drop Adam's state, is the reference
+            reference, configs[tuned] = tuned, (twin, rates[twin], jagged)
+        else:
+            reference, configs[base] = base, (base, rates[twin] if part == "merge_every" else rates[base], authors)
         if part == "paper":  # one rate, the base method's
             twins = {f"{twin}, cycle every {every}": (twin, rates[base], authors)}
         elif part == "tuned":
-            twins = {f"{twin}, jagged every {every}": (twin, rates[twin], jagged)}
-        else:  # merge_every: the base method is the twin that never merges, at the twin's rate
+            twins = {tuned: (twin, rates[twin], jagged)}
+        elif part == "merge_every":  # the base method is the twin that never merges, at the twin's rate
             twins = {f"{twin}, jagged every {k}": (twin, rates[twin], jagged + ["--merge_every", str(k)])
                      for k in frequencies}
-        configs[base] = (base, rates[twin] if part == "merge_every" else rates[base], authors)
+        else:  # reset: ReLoRA's, which prune Adam's moments and keep its step
+            twins = {f"{tuned}, reset {reset}": (twin, rates[twin], jagged + ["--reset", reset])
+                     for reset in ("random", "magnitude")}
         configs.update(twins)
-        pairs += [(base, label) for label in twins]
+        pairs += [(reference, label) for label in twins]
     return configs, pairs
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
-    parser.add_argument("--part", required=True, choices=("rank", "paper", "tuned", "merge_every", "remora"),
+    parser.add_argument("--part", required=True, choices=("rank", "paper", "tuned", "merge_every", "remora", "reset"),
                         help="see above")
     parser.add_argument("--lrs", default="", help="one rate per method, 'lora=3e-3,mora=1e-2' (picked elsewhere)")
-    parser.add_argument("--methods", default="lora,mora", help="paper, tuned, merge_every: the base methods to run")
+    parser.add_argument("--methods", default="lora,mora", help="all parts but rank and remora: base methods")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (rates were picked on another)")
     parser.add_argument("--frequencies", help="--part merge_every: merge every N steps; default max_iters/10, /5, /2")
     parser.add_argument("--restarts", type=train.numeric(int, positive=True), default=6, help="--part rank: cycles")
@@ -199,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise train.UserError(f"--part {args.part} sets {', '.join(AUTHORS_FLAGS)} from --max_iters (the authors' "
                               f"schedule): leave them out")
     needs = {"paper": bases, "tuned": bases + [RESTARTED[b] for b in bases], "remora": ["remora"],
-             "merge_every": [RESTARTED[b] for b in bases]}[args.part]
+             "merge_every": [RESTARTED[b] for b in bases], "reset": [RESTARTED[b] for b in bases]}[args.part]
     rates = {}
     for m, grid in parse_lrs(args.lrs, needs).items():
         if len(grid) > 1:

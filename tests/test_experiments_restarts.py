@@ -160,3 +160,21 @@ def test_as_a_script_the_authors_variant_permutes_nothing(workdir):
     state = torch.load(run / "remora-lr0.03-seed1" / "ckpt.pt", weights_only=True)
     perm = next(v for k, v in state["model"].items() if k.endswith("in_perm"))
     assert torch.equal(perm, torch.arange(len(perm)))
+
+
+def test_resets_against_the_tuned_twin(workdir):
+    tiny = ["--seeds", "1", *MODEL, "--max_iters", "10", "--methods", "lora"]
+    restarts.main(["--part", "tuned", "--lrs", "lora=1e-2,relora=3e-3", *tiny])
+    root = workdir / "out" / "compare" / "restarts"
+    dropped = root / "relora-jagged-every-2" / "relora-lr0.003-seed1" / "metrics.jsonl"
+    written = dropped.stat().st_mtime_ns
+    tables = restarts.main(["--part", "reset", "--lrs", "relora=3e-3", *tiny])["tables"]
+    assert rows(tables) == ["relora, jagged every 2", "relora, jagged every 2, reset random",
+                            "relora, jagged every 2, reset magnitude",
+                            "relora, jagged every 2 - relora, jagged every 2, reset random",
+                            "relora, jagged every 2 - relora, jagged every 2, reset magnitude"]
+    assert dropped.stat().st_mtime_ns == written  # tuned's twin, from the cache
+    for reset in ("random", "magnitude"):
+        config, restarted_at = config_and_restarts(root / f"relora-jagged-every-2-reset-{reset}" / dropped.parent.name)
+        assert (config["reset"], config["schedule"], config["lr"], restarted_at) == (reset, "jagged", 3e-3,
+                                                                                       [2, 4, 6, 8])
