@@ -2,6 +2,7 @@
 and the digest of the code that determines a run (so a cached run is reused only for the identical experiment)."""
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -12,6 +13,15 @@ import train
 # A changed rounding changes these runs (the UUID ones are chaotic), so the reading path's code is part of a run's key.
 CODE_DIGEST = hashlib.sha256(b"".join(open(os.path.join(os.path.dirname(__file__), "..", name), "rb").read()
                                       for name in ("mora.py", "model.py", "train.py", "memorize_uuid.py"))).hexdigest()
+
+
+def code_digest(compress: str) -> str:
+    """CODE_DIGEST, and the source of a --compress module:Class: a fork's operator determines its runs too."""
+    module, colon, _ = compress.partition(":")
+    if not colon:
+        return CODE_DIGEST
+    source = open(importlib.util.find_spec(module).origin, "rb").read()
+    return hashlib.sha256(CODE_DIGEST.encode() + source).hexdigest()
 
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]

@@ -38,7 +38,7 @@ import memorize_uuid
 import train
 from model import GPT, setup_device
 from experiments.bench import dispatched
-from experiments.harness import (CODE_DIGEST, interval_text, paired_difference, parse_lrs, pick_rate, pyplot,
+from experiments.harness import (code_digest, interval_text, paired_difference, parse_lrs, pick_rate, pyplot,
                                  run_main, save_figure, spread, spread_text, write_json)
 
 PRESETS = {  # flags override any of it
@@ -80,7 +80,7 @@ def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, d
     settings = {"base": base["source"], "base_weights": base["digest"], "tokenizer": base["tokenizer"],
                 "block_size": base["config"].block_size, "pairs": hashlib.sha256(json.dumps(
                     [examples["values"], examples["prompts"]]).encode()).hexdigest(), "method": method, "rank": rank,
-                "lr": lr, "seed": seed, "code": CODE_DIGEST,
+                "lr": lr, "seed": seed, "code": code_digest(args.compress),
                 **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "loss_on", "compress", "dtype",
                                                  "sv_threshold", "compile", "min_lr_ratio", "alpha")}}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

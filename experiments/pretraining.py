@@ -19,14 +19,12 @@ matplotlib, the validation curves in out/compare/<tag>/pretraining.png. The time
 """
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import math
 import os
 
 import train
-from experiments.harness import (CODE_DIGEST, interval_text, paired_difference, pick_rate, pyplot, run_main,
+from experiments.harness import (code_digest, interval_text, paired_difference, pick_rate, pyplot, run_main,
                                  save_figure, spread, spread_text, write_json)
 
 GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "relora"), ("mora", "remora")]  # a - b, paired by seed
@@ -39,7 +37,7 @@ def run(root: str, method: str, lr: float, seed: int, train_flags: list[str]) ->
     records = finished(out_dir, flags)
     if records is None:
         train.main(flags)
-        write_json(os.path.join(out_dir, "code.json"), {"digest": code_digest(flags)})
+        write_json(os.path.join(out_dir, "code.json"), {"digest": code_digest(train.parse_args(flags).compress)})
         records = finished(out_dir, flags)
     return records
 
@@ -50,21 +48,12 @@ def finished(out_dir: str, flags: list[str]) -> list[dict] | None:
     if not os.path.exists(path):
         return None
     records = list(map(json.loads, open(path)))
-    config = records[0] if records else {}  # the run's resolved flags: build_model adds what the model fixes
-    if any(config.get(k) != v for k, v in vars(train.parse_args(flags)).items()):
+    config, wanted = records[0] if records else {}, train.parse_args(flags)  # build_model adds what the model fixes
+    if any(config.get(k) != v for k, v in vars(wanted).items()):
         raise train.UserError(f"{out_dir} holds a run with other flags; pass another --tag or delete that folder")
     done = any(r["kind"] == "summary" for r in records)
-    same_code = os.path.exists(code) and json.load(open(code))["digest"] == code_digest(flags)  # else run again
+    same_code = os.path.exists(code) and json.load(open(code))["digest"] == code_digest(wanted.compress)  # else run again
     return records if done and same_code else None
-
-
-def code_digest(flags: list[str]) -> str:
-    """CODE_DIGEST, and the source of a --compress module:Class: a fork's operator determines its runs too."""
-    module, colon, _ = train.parse_args(flags).compress.partition(":")
-    if not colon:
-        return CODE_DIGEST
-    source = open(importlib.util.find_spec(module).origin, "rb").read()
-    return hashlib.sha256(CODE_DIGEST.encode() + source).hexdigest()
 
 
 def nats(loss: float) -> str:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 import train
-from experiments import pretraining as compare
+from experiments import harness, pretraining as compare
 
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
         "--eval_iters", "2", "--warmup", "2", "--max_iters", "6", "--eval_interval", "3", "--rank", "2"]
@@ -60,7 +60,7 @@ def test_a_run_by_other_code_is_run_again(workdir, monkeypatch):
     """A cached run is the identical experiment only if the code that determines its numbers is the same."""
     args = ["--methods", "lora", "--lrs", "1e-2", "--seeds", "1", "--tag", "code", *TINY]
     compare.main(args)
-    monkeypatch.setattr(compare, "CODE_DIGEST", "another version of mora.py")
+    monkeypatch.setattr(harness, "CODE_DIGEST", "another version of mora.py")
     trained = []
     real_main = train.main
     monkeypatch.setattr(train, "main", lambda flags: trained.append(flags) or real_main(flags))
