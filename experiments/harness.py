@@ -14,6 +14,10 @@ import train
 CODE_DIGEST = hashlib.sha256(b"".join(open(os.path.join(os.path.dirname(__file__), "..", name), "rb").read()
                                       for name in ("mora.py", "model.py", "train.py", "memorize_uuid.py"))).hexdigest()
 
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+# ^ the 97.5% quantile of Student's t with 1, 2, ..., 30 degrees of freedom (beyond: the normal's 1.96)
+
 
 def code_digest(compress: str) -> str:
     """CODE_DIGEST, and the source of a --compress module:Class: a fork's operator determines its runs too."""
@@ -22,10 +26,6 @@ def code_digest(compress: str) -> str:
         return CODE_DIGEST
     source = open(importlib.util.find_spec(module).origin, "rb").read()
     return hashlib.sha256(CODE_DIGEST.encode() + source).hexdigest()
-
-T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-# ^ the 97.5% quantile of Student's t with 1, 2, ..., 30 degrees of freedom (beyond: the normal's 1.96)
 
 
 def spread(values: list[float]) -> dict:

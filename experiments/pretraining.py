@@ -52,7 +52,7 @@ def finished(out_dir: str, flags: list[str]) -> list[dict] | None:
     if any(config.get(k) != v for k, v in vars(wanted).items()):
         raise train.UserError(f"{out_dir} holds a run with other flags; pass another --tag or delete that folder")
     done = any(r["kind"] == "summary" for r in records)
-    same_code = os.path.exists(code) and json.load(open(code))["digest"] == code_digest(wanted.compress)  # else run again
+    same_code = os.path.exists(code) and json.load(open(code))["digest"] == code_digest(wanted.compress)  # else anew
     return records if done and same_code else None
 
 

@@ -172,6 +172,6 @@ def test_a_run_with_a_forks_compression_is_run_again_when_its_module_changes(wor
     monkeypatch.setattr(memorize_uuid, "finetune", lambda *a, **k: trained.append(1) or real_finetune(*a, **k))
     for source_changed in (False, False, True):
         if source_changed:
-            (workdir / "uuid_compression.py").write_text("import mora\n\n\nclass Mine(mora.Share):\n    contiguous = 1\n")
+            (workdir / "uuid_compression.py").write_text("import mora\n\n\nclass Mine(mora.Share):\n    x = 1\n")
         memorize.main(args)
     assert len(trained) == 2  # the second call was the cached run; the edit to the module made the third train again
