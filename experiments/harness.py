@@ -29,12 +29,17 @@ def code_digest(compress: str) -> str:
 
 
 def spread(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
+    """Over seeds. A run that diverged ends at inf (pretraining.final_loss): then the mean is not finite either."""
+    diverged = sum(not math.isfinite(v) for v in values)
+    std = 0.0 if len(values) == 1 else math.nan if diverged else statistics.stdev(values)
+    return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values), "n": len(values),
+            "diverged": diverged}
 
 
 def spread_text(s: dict, show, with_range: bool = True) -> str:
     """'mean ± std (min-max)' of a spread(); for one seed, a demo, the value alone: there is no spread to show."""
+    if s["diverged"]:
+        return f"diverged on {s['diverged']} of {s['n']} seeds"
     if s["n"] == 1:
         return show(s["mean"])
     return f"{show(s['mean'])} ± {show(s['std'])}" + (f" ({show(s['min'])}-{show(s['max'])})" if with_range else "")
@@ -51,7 +56,9 @@ def paired_difference(a: list[float], b: list[float]) -> dict:
 
 
 def interval_text(d: dict, show) -> str:
-    """The 95% interval of a paired_difference(); one seed has none."""
+    """The 95% interval of a paired_difference(); one seed has none, nor a pair with a diverged run."""
+    if d["diverged"]:
+        return "none: a run diverged"
     return f"{show(d['ci95'][0])} to {show(d['ci95'][1])}" if d["n"] > 1 else "none: one seed"
 
 

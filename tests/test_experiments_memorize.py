@@ -5,6 +5,7 @@ code path) on hand-made inputs and tiny runs.
 """
 
 import json
+import math
 
 import pytest
 
@@ -20,6 +21,14 @@ def test_paired_difference_and_its_interval():
     half = 4.303 * 0.1 / 3 ** 0.5  # Student t with 2 degrees of freedom
     assert d["ci95"] == pytest.approx((0.3 - half, 0.3 + half))
     assert harness.paired_difference([0.9], [0.5])["std"] == 0.0  # one seed: a demo, no interval
+
+
+def test_a_diverged_run_is_said_so_not_averaged():
+    s = harness.spread([1.5, math.inf, 1.7])  # pretraining.final_loss of a run that diverged: inf
+    assert s["diverged"] == 1 and harness.spread_text(s, str) == "diverged on 1 of 3 seeds"
+    d = harness.paired_difference([1.5, math.inf, 1.7], [1.4, 1.4, 1.4])
+    assert harness.interval_text(d, str) == "none: a run diverged" and d["diffs"][1] == math.inf
+    assert harness.spread_text(harness.spread([1.5, 1.7]), "{:.1f}".format) == "1.6 ± 0.1 (1.5-1.7)"
 
 
 def test_tuning_picks_the_best_rate_and_warns_at_an_edge():
