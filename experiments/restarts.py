@@ -208,8 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
     if any(f.split("=")[0] in AUTHORS_FLAGS for f in train_flags):
         raise train.UserError(f"--part {args.part} sets {', '.join(AUTHORS_FLAGS)} from --max_iters (the authors' "
                               f"schedule): leave them out")
-    needs = {"paper": bases, "tuned": bases + [RESTARTED[b] for b in bases], "remora": ["remora"],
-             "merge_every": [RESTARTED[b] for b in bases], "reset": [RESTARTED[b] for b in bases]}[args.part]
+    twins = [RESTARTED[b] for b in bases]
+    needs = {"paper": bases, "tuned": bases + twins, "remora": ["remora"], "merge_every": twins,
+             "reset": twins}[args.part]
     rates = {}
     for m, grid in parse_lrs(args.lrs, needs).items():
         if len(grid) > 1:

@@ -2,6 +2,7 @@
 with a barely pretrained base model for the UUID experiment."""
 
 import os
+import sys
 
 import pytest
 import tiktoken
@@ -54,6 +55,18 @@ def workdir(tmp_path, monkeypatch):
     """A fresh working folder: out/ and base/ go there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def fork_compression(tmp_path, monkeypatch):
+    """A fork's compression in its own module: (its --compress value, a function that edits its source). The module
+    is imported afresh in each test: an earlier test's copy in sys.modules would hide this one's file."""
+    path = tmp_path / "fork_compression.py"
+    path.write_text("import mora\n\n\nclass Mine(mora.Share):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fork_compression", raising=False)
+    yield "fork_compression:Mine", lambda: path.write_text("import mora\n\n\nclass Mine(mora.Share):\n    x = 1\n")
+    sys.modules.pop("fork_compression", None)
 
 
 @pytest.fixture

@@ -170,17 +170,17 @@ def test_lora_tunes_rate_and_alpha_on_two_seeds(workdir, tiny_base):
     assert any(line.startswith(f"| {label} | ") for line in results["tables"])
 
 
-def test_a_run_with_a_forks_compression_is_run_again_when_its_module_changes(workdir, tiny_base, monkeypatch):
+def test_a_run_with_a_forks_compression_is_run_again_when_its_module_changes(tiny_base, fork_compression,
+                                                                             monkeypatch):
     tiny_base(block_size=80)
-    (workdir / "uuid_compression.py").write_text("import mora\n\n\nclass Mine(mora.Share):\n    pass\n")
-    monkeypatch.syspath_prepend(str(workdir))
+    compress, edit_source = fork_compression
     args = ["--base", "base/ckpt.pt", "--methods", "mora", "--ranks", "2", "--pairs", "4", "--steps", "2",
             "--eval_every", "2", "--batch_size", "2", "--lrs", "1e-2", "--seeds", "1", "--tag", "t",
-            "--compress", "uuid_compression:Mine"]
+            "--compress", compress]
     trained, real_finetune = [], memorize_uuid.finetune
     monkeypatch.setattr(memorize_uuid, "finetune", lambda *a, **k: trained.append(1) or real_finetune(*a, **k))
     for source_changed in (False, False, True):
         if source_changed:
-            (workdir / "uuid_compression.py").write_text("import mora\n\n\nclass Mine(mora.Share):\n    x = 1\n")
+            edit_source()
         memorize.main(args)
     assert len(trained) == 2  # the second call was the cached run; the edit to the module made the third train again

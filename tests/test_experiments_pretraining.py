@@ -70,15 +70,15 @@ def test_a_run_by_other_code_is_run_again(workdir, monkeypatch):
         "digest": "another version of mora.py"}
 
 
-def test_a_run_with_a_forks_compression_is_run_again_when_its_module_changes(workdir, monkeypatch):
-    (workdir / "my_compression.py").write_text("import mora\n\n\nclass Mine(mora.Share):\n    pass\n")
-    monkeypatch.syspath_prepend(str(workdir))
-    flags = TINY + ["--compress", "my_compression:Mine"]
+def test_a_run_with_a_forks_compression_is_run_again_when_its_module_changes(workdir, fork_compression,
+                                                                             monkeypatch):
+    compress, edit_source = fork_compression
+    flags = TINY + ["--compress", compress]
     trained = []
     real_main = train.main
     monkeypatch.setattr(train, "main", lambda flags: trained.append(flags) or real_main(flags))
     for source_changed in (False, False, True):
         if source_changed:
-            (workdir / "my_compression.py").write_text("import mora\n\n\nclass Mine(mora.Share):\n    contiguous = 1\n")
+            edit_source()
         compare.run("out/compare/fork", "mora", 1e-2, 1, flags)
     assert len(trained) == 2  # the second call was the cached run; the edit to the module made the third train again
