@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def r_hat(in_features: int, out_features: int, r: int, even: bool = False) -> int:
+def r_hat_of(in_features: int, out_features: int, r: int, even: bool = False) -> int:
     """Side of MoRA's square M with the budget of a rank-r LoRA: r^2 ~ r (in + out), rounded to the nearest integer
     as in the authors' code (the paper floors: 768 x 768 at r=8, sqrt(12288) = 110.9 gives 111, not 110)."""
     if not isinstance(r, int) or r <= 0:
@@ -30,7 +30,8 @@ def r_hat(in_features: int, out_features: int, r: int, even: bool = False) -> in
 class Compression(nn.Module):
     """MoRA's fixed maps around M: f_comp (..., in) -> (..., blocks, r^) and f_decomp (..., blocks, r^) -> (..., out).
     A new compression subclasses this and defines the two (block_matrices too if the blocks do not all see M;
-    even_r_hat if r^ must be even); MoRALinear builds dW, merges and restarts from them alone."""
+    even_r_hat if r^ must be even); MoRALinear builds dW, merges and restarts from them alone. A buffer it registers
+    (fixed random maps, say) is saved with the adapter (adapter_state_dict) unless registered persistent=False."""
 
     even_r_hat = False
 
@@ -42,12 +43,11 @@ class Compression(nn.Module):
         return M
 
 
-def cycle(x: torch.Tensor, length: int) -> torch.Tensor:
+def wrap(x: torch.Tensor, length: int) -> torch.Tensor:
     """(..., n) -> (..., length), position j reads x_(j mod n): pads by wrapping around (as the authors), or cuts."""
-    repeats, rest = divmod(length, x.shape[-1])
     if length <= x.shape[-1]:
-        return x[..., :length] if rest else x  # a cut is a view
-    return torch.cat([x] * repeats + [x[..., :rest]], dim=-1)
+        return x[..., :length]  # a cut is a view
+    return torch.cat([x] * (length // x.shape[-1]) + [x[..., :length % x.shape[-1]]], dim=-1)
 
 
 def fold(y: torch.Tensor, length: int) -> torch.Tensor:
@@ -60,13 +60,13 @@ class Truncate(Compression):
     """Truncation (§4): f_comp keeps the first r^ input features (wrapping around to feature 0 when r^ > in),
     f_decomp pads M's r^ outputs with zeros (and folds them when r^ > out). Decoupling repeats it over n blocks."""
 
-    n_blocks, fold = 1, True
+    n_blocks, folded = 1, True
 
     def f_comp(self, x):  # (..., in) -> (..., n, r^): the input wrapped around to n r^ features, cut into n blocks
-        return cycle(x, self.n_blocks * self.r_hat).unflatten(-1, (self.n_blocks, self.r_hat))
+        return wrap(x, self.n_blocks * self.r_hat).unflatten(-1, (self.n_blocks, self.r_hat))
 
     def f_decomp(self, y):  # (..., n, r^) -> (..., out): the n r^ outputs folded onto out, or repeated to out
-        return (fold if self.fold else cycle)(y.flatten(-2), self.out_features)
+        return (fold if self.folded else wrap)(y.flatten(-2), self.out_features)
 
 
 class Share(Compression):
@@ -79,7 +79,7 @@ class Share(Compression):
 
     def f_comp(self, x):  # (..., in) -> (..., 1, r^)
         n = math.ceil(self.in_features / self.r_hat)
-        groups = cycle(x, n * self.r_hat).unflatten(-1, (self.r_hat, n) if self.contiguous else (n, self.r_hat))
+        groups = wrap(x, n * self.r_hat).unflatten(-1, (self.r_hat, n) if self.contiguous else (n, self.r_hat))
         return groups.sum(-1 if self.contiguous else -2).unsqueeze(-2)
 
     def f_decomp(self, y):  # (..., 1, r^) -> (..., out)
@@ -98,7 +98,7 @@ class Decouple(Truncate):
 
     def __init__(self, in_features, out_features, r_hat):
         super().__init__(in_features, out_features, r_hat)
-        self.n_blocks, self.fold = math.ceil(in_features / r_hat), in_features > out_features
+        self.n_blocks, self.folded = math.ceil(in_features / r_hat), in_features > out_features
 
 
 class Rotate(Decouple):
@@ -110,7 +110,8 @@ class Rotate(Decouple):
     def __init__(self, in_features, out_features, r_hat):
         super().__init__(in_features, out_features, r_hat)
         inv_freq = 10000.0 ** (-torch.arange(0, r_hat, 2, dtype=torch.float64) / r_hat)  # (r^/2,)
-        angles = torch.outer(torch.arange(self.n_blocks, dtype=torch.float64), inv_freq).repeat(1, 2)  # (n, r^)
+        # (n, r^): j and j + r^/2 share their angle (the repeat), so diag(sin_b) P = P diag(sin_b) in M R_b below
+        angles = torch.outer(torch.arange(self.n_blocks, dtype=torch.float64), inv_freq).repeat(1, 2)
         sign = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat_interleave(r_hat // 2)
         self.register_buffer("cos", angles.cos()[:, None, :], persistent=False)  # (n, 1, r^): buffers follow .to()
         self.register_buffer("signed_sin", (angles.sin() * sign)[:, None, :], persistent=False)
@@ -232,7 +233,7 @@ class MoRALinear(AdapterLinear):
             raise ValueError(f"compress must be one of {list(COMPRESSIONS)} or a callable (in, out, r_hat) -> "
                              f"Compression, got {compress!r}")
         even = getattr(getattr(factory, "func", factory), "even_r_hat", False)  # a class, or a partial of one
-        self.r, self.r_hat = r, r_hat(self.in_features, self.out_features, r, even=even)
+        self.r, self.r_hat = r, r_hat_of(self.in_features, self.out_features, r, even=even)
         self.compression = factory(self.in_features, self.out_features, self.r_hat)
         self.compression.to(self.base_weight.device, self.base_weight.dtype)
         self.M = nn.Parameter(self.base_weight.new_zeros(self.r_hat, self.r_hat))
@@ -263,7 +264,6 @@ class MoRALinear(AdapterLinear):
 
 
 # --- Engineering: none of it changes a number (each piece is tested equal to the plain form above)
-
 # Up to this many weights (512 x 512), forward() builds W0 + dW from the identity once per call and applies it in
 # one matmul: cheaper than running the operators on every token there (docs/performance.md), and the same numbers.
 DENSE_MAX_WEIGHTS = 1 << 18
@@ -281,7 +281,7 @@ def block_diagonal_adder(c: Truncate, M: torch.Tensor, out_perm: torch.Tensor, i
 
     def add(target, start, stop):  # all the slots that each row reads, in one scatter: (rows, slots read * r^)
         inner = out_perm[start:stop, None]
-        slot = (inner + offsets).clamp(max=period) if c.fold else inner % period
+        slot = (inner + offsets).clamp(max=period) if c.folded else inner % period
         block, q = slot // c.r_hat, slot % c.r_hat
         return target.scatter_add_(1, columns[block].flatten(1), blocks[block, q].flatten(1))
     return add
@@ -342,7 +342,7 @@ def remove_adapters(model: nn.Module) -> nn.Module:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors only (LoRA's A and B; MoRA's M and its permutations), keyed as in model.state_dict()."""
+    """The adapter tensors only (LoRA's A, B; MoRA's M, permutations, compression's persistent buffers), by name."""
     return {f"{name}.{key}": tensor for name, layer in adapter_layers(model).items()
             for key, tensor in layer.state_dict().items() if not key.startswith("base.")}
 

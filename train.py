@@ -2,7 +2,7 @@
 Train a GPT with full training, LoRA, MoRA, ReLoRA or ReMoRA: one loop for all five methods, and its data.
 
     python train.py --method mora                          # laptop CPU, bundled corpus, about 3 minutes
-    python train.py --method lora --rank 8                 # LoRA at the same trainable-parameter budget
+    python train.py --method lora                          # LoRA at the same trainable-parameter budget (--rank 8)
     python train.py --method remora --merge_every 100      # ReMoRA: merge + restart the adapters every 100 steps
     python train.py --method mora --init_from resume       # continue out/mora after an interruption
     python train.py --method mora --init_from out/full/ckpt.pt --data facts.txt   # fine-tune; any UTF-8 text
@@ -10,9 +10,7 @@ Train a GPT with full training, LoRA, MoRA, ReLoRA or ReMoRA: one loop for all f
     python train.py --method mora --init_from gpt2 --data input.txt --lr 1e-3    # GPT-2 weights (downloads once)
     torchrun --standalone --nproc_per_node=8 train.py --method remora ...         # several GPUs, or CPU processes
 
-Adapter methods pretrain as the paper does (§5.3): adapters on every linear layer of the blocks over base weights
-frozen at their random initialization, embeddings, LayerNorms and head training in full; from pretrained weights, only
-the adapters train. Nothing downloads by default (the Python docs bundled with CPython, a byte tokenizer).
+Pretraining (§5.3) trains adapters over frozen random weights, and embeddings, norms, head; fine-tuning, adapters only.
 """
 
 import argparse
@@ -38,11 +36,12 @@ from model import GPT, PRETRAINED, GPTConfig, setup_device
 METHODS = ("full", "lora", "mora", "relora", "remora")
 RESTART_METHODS = ("relora", "remora")
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "tokenizer")  # from scratch
-ADAPTER_FLAGS = ("method", "rank", "compress", "targets", "alpha", "merge_every", "restart_warmup")
+ONLY_FOR = {"rank": METHODS[1:], "targets": METHODS[1:], "alpha": ("lora", "relora"), "compress": ("mora", "remora"),
+            **dict.fromkeys(("merge_every", "restart_warmup", "schedule", "reset"), RESTART_METHODS)}  # else refused
 
 
-class UserError(Exception):  # a mistake in the flags, data or files: one line (exit code 2), not a traceback
-    pass
+class UserError(Exception):
+    """A mistake in the flags, data or files: one line (exit code 2), not a traceback."""
 
 
 # --- Data: tokenizer, corpus, batches
@@ -87,8 +86,8 @@ def prepare(args) -> dict[str, np.ndarray]:
     splits = {"train": ids[:len(ids) - n_val], "val": ids[len(ids) - n_val:]}
     for split, part in splits.items():
         if len(part) < args.block_size + 2:
-            raise UserError(f"--data {args.data}: the {split} split has {len(part)} tokens, fewer than one block of "
-                            f"{args.block_size} + 1; use a smaller --block_size or a larger corpus")
+            raise UserError(f"--data {args.data}: the {split} split has {len(part)} tokens; a batch needs --block_size "
+                            f"+ 2 = {args.block_size + 2}; use a smaller --block_size or a larger corpus")
     return splits
 
 
@@ -117,6 +116,7 @@ def compression(spec: str):
         return spec
     try:
         module, _, name = spec.partition(":")
+        sys.path[:0] = [] if os.getcwd() in sys.path else [os.getcwd()]  # python train.py puts only its own folder
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
         raise UserError(f"--compress {spec}: neither one of {list(mora.COMPRESSIONS)} nor an importable module:Class "
@@ -162,10 +162,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     p.add_argument("--seed", type=integer, default=1337, help="random seed")
     args = p.parse_args(argv)
+    for flag in (k for k in ONLY_FOR if args.method not in ONLY_FOR[k] and getattr(args, k) != p.get_default(k)):
+        p.error(f"--{flag} does nothing with --method {args.method} (only with {'/'.join(ONLY_FOR[flag])})")
     if args.n_embd % args.n_head:
         p.error(f"--n_embd {args.n_embd} must be a multiple of --n_head {args.n_head}")
-    if args.compress == "auto":
-        args.compress = "share" if args.rank >= 128 else "rotate"
+    args.compress = ("share" if args.rank >= 128 else "rotate") if args.compress == "auto" else args.compress
     args.out_dir = args.out_dir or os.path.join("out", args.method)
     args.block_size = args.block_size or (GPTConfig.block_size if args.init_from == "scratch" else None)
     args.vocab_size = get_tokenizer(args.tokenizer).n_vocab if args.init_from == "scratch" else None
@@ -196,7 +197,7 @@ def build_model(args) -> tuple[GPT, dict | None]:
     if checkpoint:
         saved = checkpoint["config"]
         args.init_from, args.block_size = saved["init_from"], args.block_size or saved["block_size"]
-        keys = ADAPTER_FLAGS + (MODEL_FLAGS if args.init_from == "scratch" else ())  # a fine-tune's came with it
+        keys = ("method", *ONLY_FOR, *(MODEL_FLAGS if args.init_from == "scratch" else ()))  # else: the model's own
         mismatch = [f"--{k} {saved[k]} (this run: {getattr(args, k)})" for k in keys if saved[k] != getattr(args, k)]
         if mismatch:
             raise UserError(f"{args.out_dir}/ckpt.pt was trained with {', '.join(mismatch)}; pass the same flags")
@@ -359,10 +360,9 @@ def setup(args) -> SimpleNamespace:
     return run
 
 
-def log(run, text: str | None, **entry) -> None:  # print text, append entry to metrics.jsonl: on rank 0 only
-    if run.rank == 0 and text:
+def log(run, text: str, **entry) -> None:  # print text, append entry to metrics.jsonl: on rank 0 only
+    if run.rank == 0:
         print(text)
-    if run.rank == 0 and entry:
         with open(run.metrics, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_trainable, n_total = mora.count_trainable(run.raw_model), run.raw_model.num_params()
     log(run, f"config: {json.dumps(vars(args))}", kind="config", **vars(args))
     log(run, f"device {run.device}, dtype {run.dtype}, {run.world} process(es), {n_trainable:,} trainable of "
-             f"{n_total:,} parameters" + (f", resuming at iter {run.iter_num}" if run.iter_num else ""))
+             f"{n_total:,} parameters" + (f", resuming at iter {run.iter_num}" if run.iter_num else ""), kind="setup")
     t_start = time.time()
     val_loss, diverged_at = train(run, args)  # Ctrl-C leaves the last checkpoint whole: --init_from resume goes on
     val_per_rank = [val_loss] * run.world

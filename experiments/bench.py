@@ -104,7 +104,7 @@ def make_layer(kind: str, n_in: int, n_out: int, r: int, device, dense: bool | N
 
 
 def fits(kind: str, n_in: int, n_out: int, r: int) -> bool:
-    width = r if kind == "lora" else mora.r_hat(n_in, n_out, r, even=kind == "rotate")
+    width = r if kind == "lora" else mora.r_hat_of(n_in, n_out, r, even=kind == "rotate")
     return width <= min(n_in, n_out)
 
 
@@ -227,7 +227,7 @@ def gpt2_macs(kind: str, r: int, tokens_per_sequence: int, d: int = 768, n_layer
         if kind == "lora":
             adapter = r * (n_in + n_out)
         else:
-            size = mora.r_hat(n_in, n_out, r, even=mora.COMPRESSIONS[kind].even_r_hat)
+            size = mora.r_hat_of(n_in, n_out, r, even=mora.COMPRESSIONS[kind].even_r_hat)
             blocks = -(-n_in // size) if issubclass(mora.COMPRESSIONS[kind], mora.Decouple) else 1
             adapter = blocks * size * size
         total += n_layer * (2 * n_in * n_out + 3 * adapter)
@@ -291,7 +291,7 @@ def gpt2_memory(rank: int = 8) -> list[dict]:
     rows = []
     for name in ("gpt2", "gpt2-medium"):
         for method in ("full", "lora", "mora"):
-            cfg = train.parse_args(["--method", method, "--rank", str(rank)])
+            cfg = train.parse_args(["--method", method] + ([] if method == "full" else ["--rank", str(rank)]))
             with torch.device("meta"):
                 model = train.adapt(GPT(GPTConfig(vocab_size=50257, block_size=1024, **PRETRAINED[name])),
                                     cfg, pretraining=False)

@@ -28,7 +28,7 @@ import train
 from model import setup_device
 from experiments.harness import (interval_text, paired_difference, pyplot, run_main, save_figure, spread, spread_text,
                                  write_json)
-from experiments.memorize import cached_run, load_base, lora_alpha, pct
+from experiments.memorize import cached_run, load_base, pct
 
 DONE = ("memorized", "converged")  # the runs that stopped improving
 BITS_PER_PAIR = 122  # the value's random bits: a version-4 UUID's 128 less the 6 that fix its version and variant
@@ -153,20 +153,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=count, default=600, help="passes over the pairs")
     parser.add_argument("--ladder", action="store_true", help="every compression and LoRA at r = r^, not the curve")
     parser.add_argument("--labels", help="comma-separated: run only these methods of the curve or ladder ('lora,full')")
-    parser.add_argument("--lrs", default="lora=1e-2,mora=3e-2,full=3e-3",
+    parser.add_argument("--lrs", default=memorize_uuid.RATES,
                         help="a rate per method (lora, mora, full) or per label ('mora share=1e-2'), or one per rank "
-                             "('lora=2e-3:1e-3'); default: the 64-pair picks at alpha 2r of docs/experiments.md's "
-                             "first UUID table")
-    parser.add_argument("--alpha_r", type=float, default=2.0, help="LoRA's alpha as a multiple of each LoRA's own r")
+                             "('lora=2e-3:1e-3'); default: memorize_uuid.RATES, the demo's (tuned at r=8)")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (not the tuning seed 0)")
     parser.add_argument("--flat", type=float, default=0.02, help="converged: the loss moved less over the last quarter")
     parser.add_argument("--step_s", type=float, default=0.15, help="seconds a step takes, for the estimate (the CPU "
                         "base on one core of this project's CPU: ~0.13, checkpoints included)")
     parser.add_argument("--tag", default="capacity", help="results folder under out/uuid/")
-    parser.set_defaults(min_lr_ratio=1.0, eval_every=0, pairs=None, steps=None, methods=None, alpha=None)
+    parser.set_defaults(min_lr_ratio=1.0, eval_every=0, pairs=None, steps=None, methods=None)
     args = parser.parse_args(argv)
-    instead = {"pairs": "--pair_counts 64,256", "steps": "--epochs (steps follow the pairs)", "methods": "--ladder",
-               "alpha": "--alpha_r (a multiple of each LoRA's r, so LoRA at r = r^ scales alike)"}
+    instead = {"pairs": "--pair_counts 64,256", "steps": "--epochs (steps follow the pairs)", "methods": "--ladder"}
     for flag, replacement in instead.items():  # memorize_uuid's flags that this sweep sets itself
         if getattr(args, flag) is not None:
             parser.error(f"--{flag} {getattr(args, flag)}: this sweep sets it; use {replacement}")
@@ -212,9 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
                                       "eval_every": args.eval_every or max(1, steps_for(pairs, args) // 20)})
         for rank, label, method, compress, which, lr in runs_plan:
             # full fine-tuning has no rank: 8 in its cache key, as experiments/memorize.py keys it
-            trained_at = 8 if which is None else rank if which == "r" else mora.r_hat(d, d, rank)
+            trained_at = 8 if which is None else rank if which == "r" else mora.r_hat_of(d, d, rank)
             point.compress = compress or args.compress
-            point.alpha = lora_alpha(args.alpha_r, trained_at) if method == "lora" else None
+            point.alpha_r = args.alpha_r  # a multiple of each LoRA's own r: LoRA at r = r^ scales alike
             runs = [cached_run(base, method, trained_at, lr, seed, point, device, ctx,
                                f"{pairs} pairs, {label}{f' r={rank}' if rank else ''} seed {seed}") for seed in seeds]
             floors[pairs] = statistics.fmean(run["format_floor"] for run in runs)

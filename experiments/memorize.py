@@ -41,21 +41,29 @@ from experiments.bench import dispatched
 from experiments.harness import (code_digest, interval_text, paired_difference, parse_lrs, pick_rate, pyplot,
                                  run_main, save_figure, spread, spread_text, write_json)
 
+def scaled_rates(width: int, factors: tuple[float, ...] = (1,)) -> str:
+    """--lrs for a base of another width, by a rule, not a tuning: memorize_uuid.RATES (picked on the d=144 base)
+    times 144 / width (Adam moves each weight by about the rate, and a wider layer sums more of them), times each
+    factor (a grid around that guess). LoRA keeps alpha = 128r, the multiple picked with its rate."""
+    rates = dict(item.split("=") for item in memorize_uuid.RATES.split(","))
+    grid = lambda lr: ":".join(f"{float(lr) * factor * 144 / width:.1e}" for factor in factors)
+    return ",".join(f"{method}={grid(lr)}" for method, lr in rates.items())
+
+
 PRESETS = {  # flags override any of it
-    "cpu": {"base": None, "methods": "lora,mora", "seeds": "1",
-            "lrs": "full=3e-3,lora=1e-2,mora=3e-2"},  # the rates picked on seed 0 by the tuning commands (docs)
+    "cpu": {"base": None, "methods": "lora,mora", "seeds": "1", "lrs": memorize_uuid.RATES, "alphas": "128"},
     # 1,000 pairs x 122 random bits over GPT-2's 1.33M LoRA r=8 weights: 0.09 bits per parameter (paper: 0.06 at
-    # LLaMA-2-7B; CPU preset: 0.19), 96 epochs (paper: about 100). Rates: the CPU picks divided by 768 / 144.
+    # LLaMA-2-7B; CPU preset: 0.19), 96 epochs (paper: about 100). Rates: a grid around the scaled CPU picks.
     "gpu": {"base": "gpt2", "methods": "full,lora,mora", "pairs": 1000, "steps": 1500, "batch_size": 64,
-            "eval_every": 150, "seeds": "1,2,3", "lrs": "3e-4,1e-3,3e-3,1e-2"},
+            "eval_every": 150, "seeds": "1,2,3", "lrs": scaled_rates(768, (0.25, 0.5, 1, 2, 4)), "alphas": "128"},
     # The GPU path without a download (a check, one seed): a base that train.py pretrains on the bundled corpus, wide
     # enough (512) that every adapted layer takes the operator route; 1,000 pairs over LoRA r=8's 0.44M weights (0.28
-    # bits per parameter), bf16 autocast, a compiled training step. Rates: the CPU picks divided by 512 / 144.
+    # bits per parameter), bf16 autocast, a compiled training step. Rates: the scaled CPU picks.
     "gpu-offline": {"base": None, "methods": "full,lora,mora", "pairs": 1000, "steps": 1500, "batch_size": 64,
-                    "eval_every": 150, "seeds": "1", "lrs": "full=1e-3,lora=3e-3,mora=1e-2", "compile": True},
+                    "eval_every": 150, "seeds": "1", "lrs": scaled_rates(512), "alphas": "128", "compile": True},
 }
-BASES = {  # train.py flags of the base that a preset without --base pretrains (once, cached under out/uuid/)
-    "cpu": memorize_uuid.CPU_BASE,
+BASES = {  # train.py flags of the base that a preset without --base pretrains (once, cached under out/uuid/); the
+    # CPU preset's is memorize_uuid.CPU_BASE, read when the base is loaded (a fork may change it)
     "gpu-offline": ["--n_layer", "6", "--n_head", "8", "--n_embd", "512", "--block_size", "80", "--max_iters", "2000",
                     "--batch_size", "64", "--lr", "3e-3"],
 }
@@ -66,7 +74,7 @@ H100_FLOPS = 989e12 * 0.4  # bf16 dense peak of an H100 SXM, at 40% utilization:
 def load_base(source: str | None, preset: str) -> dict:
     """memorize_uuid.load_base (the preset's own base without a source), with the digest of its weights: part of
     every run's cache key, so a changed base is never answered from the cache."""
-    base = memorize_uuid.load_base(source, BASES.get(preset, memorize_uuid.CPU_BASE), f"base-{preset}")
+    base = memorize_uuid.load_base(source, BASES.get(preset), f"base-{preset}")
     base["digest"] = hashlib.sha256(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes()
                                              for t in base["state"].values())).hexdigest()  # the weights themselves
     return base
@@ -74,15 +82,16 @@ def load_base(source: str | None, preset: str) -> dict:
 
 def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, device, ctx, label: str) -> dict:
     """memorize_uuid.finetune(), or its saved result if this exact run finished before (a sweep continues)."""
-    examples = memorize_uuid.encode(memorize_uuid.make_pairs(args.pairs, seed), train.get_tokenizer(base["tokenizer"]),
-                                    args.loss_on)
+    examples = memorize_uuid.encode(memorize_uuid.make_pairs(args.pairs, seed), train.get_tokenizer(base["tokenizer"]))
     memorize_uuid.check_fits(base, examples)  # before the cache: a base too short is an error, not a cached number
     settings = {"base": base["source"], "base_weights": base["digest"], "tokenizer": base["tokenizer"],
                 "block_size": base["config"].block_size, "pairs": hashlib.sha256(json.dumps(
                     [examples["values"], examples["prompts"]]).encode()).hexdigest(), "method": method, "rank": rank,
-                "lr": lr, "seed": seed, "code": code_digest(args.compress),
-                **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "loss_on", "compress", "dtype",
-                                                 "sv_threshold", "compile", "min_lr_ratio", "alpha")}}
+                "lr": lr, "seed": seed, "code": code_digest(args.compress if method == "mora" else "auto"),
+                "compress": args.compress if method == "mora" else None,  # each method's own knobs only
+                "alpha_r": args.alpha_r if method == "lora" else None,
+                **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "dtype", "sv_threshold",
+                                                 "compile", "min_lr_ratio")}}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = os.path.join("out", "uuid", "runs", f"{method}-r{rank}-lr{lr:g}-seed{seed}-{key}.json")
     if os.path.exists(path):
@@ -120,18 +129,12 @@ def mean_accuracy(run: dict) -> float:
     return statistics.fmean(point["char_acc"] for point in run["curve"])
 
 
-def name_of(method: str, rank: int | None, alpha: float | None = None) -> str:
-    """'full', 'mora r=8', 'lora r=8', or with LoRA's alpha when it is not the default 2r: 'lora r=8 alpha=4r'."""
-    alpha_text = f" alpha={alpha:g}r" if alpha not in (None, 2) else ""
-    return method if method == "full" else f"{method} r={rank}{alpha_text}"
+def name_of(method: str, rank: int | None, alpha_r: float | None = None) -> str:
+    """'full', 'mora r=8', 'lora r=8 alpha=128r' (LoRA's alpha as a multiple of its r)."""
+    return method if method == "full" else f"{method} r={rank}" + (f" alpha={alpha_r:g}r" if alpha_r else "")
 
 
-def lora_alpha(multiple: float | None, rank: int) -> float | None:
-    """LoRA's absolute alpha for a multiple of r; None for the default 2r (train.py's), so its runs' keys stay put."""
-    return None if multiple in (None, 2) else multiple * rank
-
-
-def row_name(method: str, rank: int | None, row: dict) -> str:  # a row records LoRA's absolute alpha (None: 2r)
+def row_name(method: str, rank: int | None, row: dict) -> str:  # a row records LoRA's absolute alpha
     return name_of(method, rank, row["alpha"] / rank if row["alpha"] else None)
 
 
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ranks", default="8", help="comma-separated LoRA ranks (MoRA gets the same budgets)")
     parser.add_argument("--lrs", help="a grid tuned on --tune_seeds ('3e-3,1e-2'), or per method 'lora=1e-3:1e-2,...'")
     parser.add_argument("--tune_seeds", default="0", help="seeds for picking rates (by their mean); never reported")
-    parser.add_argument("--alphas", default="2", help="LoRA's alpha as multiples of r, tuned with the rate: '1,2,4,8'")
+    parser.add_argument("--alphas", help="LoRA's alpha as multiples of r (alpha_r), tuned with the rate: '1,2,4,8'")
     parser.add_argument("--seeds", help="comma-separated seeds to report (not the tuning seed)")
     parser.add_argument("--tune_only", action="store_true", help="stop after tuning (the sweep continues later)")
     parser.add_argument("--tag", help="results folder under out/uuid/; default: the preset's name")
@@ -266,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
     methods = args.methods.split(",")
     if not set(methods) <= {"full", "lora", "mora"}:
         parser.error(f"--methods takes full, lora and mora, got {args.methods}")
+    if args.alpha_r != parser.get_default("alpha_r"):
+        parser.error(f"--alpha_r {args.alpha_r:g}: this sweep tunes LoRA's alpha over --alphas; give it there")
     ranks, seeds = [int(r) for r in args.ranks.split(",")], [int(s) for s in args.seeds.split(",")]
     tune_seeds, alphas = [int(s) for s in args.tune_seeds.split(",")], [float(a) for a in args.alphas.split(",")]
     if set(tune_seeds) & set(seeds):
@@ -280,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     combos = {m: [(lr, a) for a in (alphas if m == "lora" else [None]) for lr in grids[m]] for m in methods}
     n_runs = sum(len(combos[m]) * len(tune_seeds) for m, _ in plan if len(combos[m]) > 1) + len(plan) * len(seeds)
     enc = train.get_tokenizer(base["tokenizer"])
-    examples = memorize_uuid.encode(memorize_uuid.make_pairs(args.pairs, seeds[0]), enc, args.loss_on)
+    examples = memorize_uuid.encode(memorize_uuid.make_pairs(args.pairs, seeds[0]), enc)
     memorize_uuid.check_fits(base, examples)
     length = examples["sequences"].shape[1]
     flops, launches = estimate_flops(base, args, length, n_runs), estimate_launches(base, args, examples, n_runs,
@@ -292,8 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"minutes at 5 us each): an estimate of at most {(flops / H100_FLOPS + launches * LAUNCH_S) / 60:.1f} "
           f"minutes, compilation aside")
 
-    def run(method, rank, lr, alpha, seed, label):  # alpha: a multiple of r; the default 2r leaves --alpha unset
-        flags = argparse.Namespace(**{**vars(args), "alpha": lora_alpha(alpha, rank or 8)})
+    def run(method, rank, lr, alpha, seed, label):  # alpha: LoRA's, a multiple of r (None for the others)
+        flags = argparse.Namespace(**{**vars(args), "alpha_r": alpha})
         return cached_run(base, method, rank or 8, lr, seed, flags, device, ctx, label)
 
     groups, tuning, all_runs = {}, [], []

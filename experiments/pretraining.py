@@ -30,10 +30,24 @@ from experiments.harness import (code_digest, interval_text, paired_difference, 
 GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "relora"), ("mora", "remora")]  # a - b, paired by seed
 
 
+def flags_for(method: str, train_flags: list[str]) -> list[str]:
+    """train_flags less those that do nothing for `method` (train.py refuses them): a sweep passes every method one
+    list ('--rank 21 --compress share' to LoRA and MoRA alike). Flags are '--name value' or '--name=value'."""
+    kept, i = [], 0
+    while i < len(train_flags):
+        flag, rest = train_flags[i], train_flags[i + 1:]
+        width = 1 if "=" in flag or not rest or rest[0].startswith("--") else 2  # --compile takes no value
+        if method in train.ONLY_FOR.get(flag.split("=")[0].removeprefix("--"), (method,)):
+            kept += train_flags[i:i + width]
+        i += width
+    return kept
+
+
 def run(root: str, method: str, lr: float, seed: int, train_flags: list[str]) -> list[dict]:
     """The records (metrics.jsonl) of one finished train.py run, training it first if needed."""
     out_dir = os.path.join(root, f"{method}-lr{lr:g}-seed{seed}")
-    flags = train_flags + ["--method", method, "--lr", str(lr), "--seed", str(seed), "--out_dir", out_dir]
+    flags = flags_for(method, train_flags) + ["--method", method, "--lr", str(lr), "--seed", str(seed), "--out_dir",
+                                               out_dir]
     records = finished(out_dir, flags)
     if records is None:
         train.main(flags)
@@ -108,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--methods: unknown {unknown}; choose from {list(train.METHODS)}")
     if args.tune_seed in seeds:
         parser.error(f"--seeds {args.seeds} contains --tune_seed {args.tune_seed}, which is not reported")
-    train.parse_args(train_flags)  # reject bad train.py flags before the first run
+    for method in methods:  # reject bad train.py flags before the first run
+        train.parse_args(flags_for(method, train_flags) + ["--method", method])
     root = os.path.join("out", "compare", args.tag)
 
     rows, tuning = {}, []

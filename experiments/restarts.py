@@ -39,7 +39,7 @@ import torch
 import mora
 import train
 from experiments.harness import interval_text, paired_difference, parse_lrs, run_main, spread, spread_text, write_json
-from experiments.pretraining import final_loss, nats, run
+from experiments.pretraining import final_loss, flags_for, nats, run
 
 TWINS = {"relora": "lora", "remora": "mora"}  # a restarted method and the one it restarts
 RESTARTED = {base: twin for twin, base in TWINS.items()}
@@ -115,7 +115,7 @@ def rate_ratio_table(train_flags: list[str]) -> list[str]:
     ReLoRA's mean rate over LoRA's, over the run, its second half and its last cycle (arithmetic, no training)."""
     lines = ["| mean lr, ReLoRA / LoRA at one --lr | the run | its second half | its last cycle |", "|---|---|---|---|"]
     for schedule in ("cycle", "jagged"):
-        config = train.parse_args(train_flags + ["--lr", "1", "--schedule", schedule])
+        config = train.parse_args(train_flags + ["--method", "relora", "--lr", "1", "--schedule", schedule])
         starts = (0, config.max_iters // 2, config.max_iters - config.merge_every)
         lines.append(f"| --schedule {schedule} | " + " | ".join(
             f"{mean_lr(config, 'relora', s) / mean_lr(config, 'lora', s):.2f}x" for s in starts) + " |")
@@ -123,7 +123,7 @@ def rate_ratio_table(train_flags: list[str]) -> list[str]:
 
 
 def rank_table(features: int, r: int, restarts: int) -> list[str]:
-    r_hat = mora.r_hat(features, features, r)
+    r_hat = mora.r_hat_of(features, features, r)
     lines = [f"Rank of the accumulated update W - W0 of a {features}x{features} layer, sharing at r={r} (r^ = {r_hat}),"
              f" after k restarts (M random in each cycle):", "",
              "| ReMoRA | " + " | ".join(f"k={k}" for k in range(1, restarts + 1)) + " |", "|---" * (restarts + 1) + "|"]
@@ -156,7 +156,7 @@ def part_configs(part: str, bases: list[str], rates: dict[str, float], authors: 
     """A part's runs (label: method, rate, train.py flags; the label names the run's folder, so a run two parts share
     runs once) and the pairs (a, b) whose difference a - b it reports. authors: the train.py flags with the authors'
     schedule; the base methods never merge, so they run the same under either schedule."""
-    jagged, every = authors + ["--schedule", "jagged"], train.parse_args(authors).merge_every
+    jagged, every = authors + ["--schedule", "jagged"], train.parse_args(authors + ["--method", "relora"]).merge_every
     if part == "remora":
         ways = {"random permutations": "share", "alternating groupings": AUTHORS_COMPRESSION}
         configs = {f"remora share, {way}, cycle every {every}": ("remora", rates["remora"], authors + ["--compress", c])
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--restarts", type=train.numeric(int, positive=True), default=6, help="--part rank: cycles")
     parser.add_argument("--tag", default="restarts", help="name of this sweep, its folder under out/compare/")
     args, train_flags = parser.parse_known_args(argv)
-    config = train.parse_args(train_flags)  # rejects a bad train.py flag before any run
+    for method in RESTARTED.values():  # a bad train.py flag ends here, before any run (remora's config is kept)
+        config = train.parse_args(flags_for(method, train_flags) + ["--method", method])
     if args.part == "rank":
         lines = rank_table(config.n_embd, config.rank, args.restarts)
         print("\n".join(lines))

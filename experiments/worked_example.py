@@ -31,7 +31,7 @@ def budget_table() -> str:
              "| MoRA rotate: r^, params, max rank |", "|---|---|---|---|---|"]
     for n_in, n_out in [(768, 768), (4096, 4096), (4096, 11008)]:
         for r in (8, 256):
-            share, rotate = mora.r_hat(n_in, n_out, r), mora.r_hat(n_in, n_out, r, even=True)
+            share, rotate = mora.r_hat_of(n_in, n_out, r), mora.r_hat_of(n_in, n_out, r, even=True)
             lines.append(f"| {n_in} x {n_out} | {r} | {r * (n_in + n_out):,}, {r} | {share}, {share ** 2:,}, {share} "
                          f"| {rotate}, {rotate ** 2:,}, {min(n_in, n_out)} |")
     return "\n".join(lines)

@@ -44,7 +44,7 @@ def test_a_toy_curve_and_ladder_report_every_point_and_resume(workdir, tiny_base
     saved = json.load(open(workdir / "out" / "uuid" / "toy" / "capacity.json"))
     assert saved["tables"] == results["tables"] and len(saved["runs"]) == 8
     lora = results["rows"][4, 2, "lora"][0]
-    assert lora["lr"] == 1e-2 and lora["trainable_params"] == 4 * 2 * (32 + 32) + 2 * 2 * (32 + 128)  # r=2, d=32
+    assert lora["lr"] == 1e-3 and lora["trainable_params"] == 4 * 2 * (32 + 32) + 2 * 2 * (32 + 128)  # r=2, d=32
 
     real_finetune = memorize_uuid.finetune
     monkeypatch.setattr(memorize_uuid, "finetune", lambda *a, **k: pytest.fail("a finished run was run again"))
@@ -54,7 +54,7 @@ def test_a_toy_curve_and_ladder_report_every_point_and_resume(workdir, tiny_base
                                         "--seeds", "1", "--ladder", "--tag", "toy-ladder"])
     assert [label for *_, label in ladder["rows"]] == list(capacity.LADDER)
     assert ladder["rows"][4, 2, "lora r=r^"][0]["rank"] == 11  # MoRA-share's r^ at 32 x 32, r = 2: sqrt(64 * 2) = 11.3
-    assert ladder["rows"][4, 2, "lora"][0]["alpha"] is None  # train.py's default, 2r
+    assert ladder["rows"][4, 2, "lora"][0]["alpha"] == 256  # memorize_uuid's default alpha_r, 128, times r = 2
     if importlib.util.find_spec("matplotlib"):  # the figure's two panels: accuracy and speed against the rank
         assert (workdir / "out" / "uuid" / "toy-ladder" / "capacity.png").stat().st_size > 0
     scaled = capacity.main(flags[:2] + ["--pair_counts", "4", "--epochs", "2", "--batch_size", "2", "--ranks", "2",

@@ -59,7 +59,7 @@ def test_the_authors_remora_alternates_groupings_and_its_rank_stops_growing():
 
     random_ranks = restarts.accumulated_rank(False, 128, 8, 4)
     alternating_ranks = restarts.accumulated_rank(True, 128, 8, 4)
-    assert random_ranks[0] == alternating_ranks[0] == mora.r_hat(128, 128, 8)  # one cycle: the same sharing
+    assert random_ranks[0] == alternating_ranks[0] == mora.r_hat_of(128, 128, 8)  # one cycle: the same sharing
     assert random_ranks[-1] == 128 and alternating_ranks[1] > alternating_ranks[0]
     assert alternating_ranks[1:] == [alternating_ranks[1]] * 3 and alternating_ranks[1] < 128  # two subspaces only
 

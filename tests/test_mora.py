@@ -196,11 +196,11 @@ def test_mora_trains_as_many_parameters_as_lora(n_in, n_out, r):
 
 
 def test_r_hat_rule():
-    assert mora.r_hat(4096, 4096, 8) == 256
-    assert mora.r_hat(768, 768, 8) == 111 and mora.r_hat(768, 768, 8, even=True) == 110
-    assert mora.r_hat(4096, 11008, 8) == 348  # sqrt(120832) = 347.6
+    assert mora.r_hat_of(4096, 4096, 8) == 256
+    assert mora.r_hat_of(768, 768, 8) == 111 and mora.r_hat_of(768, 768, 8, even=True) == 110
+    assert mora.r_hat_of(4096, 11008, 8) == 348  # sqrt(120832) = 347.6
     with pytest.raises(ValueError, match="r must be a positive integer"):
-        mora.r_hat(64, 64, 0)
+        mora.r_hat_of(64, 64, 0)
 
 
 # 4. rank --------------------------------------------------------------------------------------------------------------

@@ -5,11 +5,14 @@ restarts, resume, DDP, bad input.
 """
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,32 @@ import mora
 import train
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def synthetic_corpus() -> str:
+    """A corpus these tests make themselves, the same bytes on every platform (the bundled Python docs differ between
+    Python versions, and so would every margin measured on them): 3,000 sentences of a random 40-word language where
+    each word has 4 possible successors, about 120 KB. Written once into the temporary folder."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 7))) for _ in range(40)]
+    successors = {word: [rng.choice(words) for _ in range(4)] for word in words}
+    sentences = []
+    for _ in range(3000):
+        sentence = [rng.choice(words)]
+        for _ in range(rng.randint(4, 12)):
+            sentence.append(rng.choice(successors[sentence[-1]]))
+        sentences.append(" ".join(sentence).capitalize() + ".")
+    text = "\n".join(sentences)
+    path = Path(tempfile.gettempdir()) / f"mora-tests-{hashlib.sha256(text.encode()).hexdigest()[:12]}.txt"
+    if not path.exists():
+        path.with_suffix(".tmp").write_text(text)
+        os.replace(path.with_suffix(".tmp"), path)
+    return str(path)
+
+
+CORPUS = synthetic_corpus()
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
-        "--eval_iters", "4", "--warmup", "5", "--lr", "1e-2", "--log_interval", "1", "--rank", "2"]
+        "--eval_iters", "4", "--warmup", "5", "--lr", "1e-2", "--log_interval", "1", "--data", CORPUS]
 
 
 class ReversedShare(mora.Share):
@@ -30,8 +57,14 @@ class ReversedShare(mora.Share):
         return super().f_comp(x.flip(-1))
 
 
+def tiny(*flags: str) -> list[str]:
+    """TINY, then flags, with --rank 2 for an adapter method (train.py refuses a rank for full training)."""
+    method = flags[flags.index("--method") + 1] if "--method" in flags else "mora"
+    return TINY + ([] if method == "full" else ["--rank", "2"]) + list(flags)
+
+
 def run(out_dir: Path, *args: str) -> dict:
-    return train.main(TINY + ["--out_dir", str(out_dir), *args])
+    return train.main(tiny("--out_dir", str(out_dir), *args))
 
 
 def records(out_dir: Path, kind: str) -> list[dict]:
@@ -40,7 +73,7 @@ def records(out_dir: Path, kind: str) -> list[dict]:
 
 def tiny_model(method: str, *flags: str):
     """The model train.main would start from with these flags, and its args."""
-    args = train.parse_args(TINY + ["--method", method, *flags])
+    args = train.parse_args(tiny("--method", method, *flags))
     torch.manual_seed(args.seed)
     return train.build_model(args)[0], args
 
@@ -57,7 +90,8 @@ def with_random_adapters(model):
 
 @pytest.mark.parametrize("method", train.METHODS)
 def test_every_method_learns(tmp_path, method):
-    summary = run(tmp_path, "--method", method, "--max_iters", "60", "--eval_interval", "30", "--merge_every", "20")
+    restarts = ["--merge_every", "20"] if method in train.RESTART_METHODS else []
+    summary = run(tmp_path, "--method", method, "--max_iters", "60", "--eval_interval", "30", *restarts)
     evals = records(tmp_path, "eval")
     assert [e["iter"] for e in evals] == [0, 30, 60]
     assert evals[-1]["val_loss"] < 0.8 * evals[0]["val_loss"], evals
@@ -69,28 +103,36 @@ def test_every_method_learns(tmp_path, method):
 
 @pytest.fixture(scope="module")
 def base_checkpoint(tmp_path_factory) -> str:
-    """A tiny GPT pretrained in full for 40 steps: a base that adapters can still improve."""
+    """A tiny GPT pretrained in full for 300 steps on the test corpus: past the plateau of single-letter frequencies
+    (val loss 5.56 -> 3.00), so its features carry context that adapters can reshape."""
     out_dir = tmp_path_factory.mktemp("base")
-    run(out_dir, "--method", "full", "--max_iters", "40", "--eval_interval", "40")
+    run(out_dir, "--method", "full", "--max_iters", "300", "--eval_interval", "300")
     return str(out_dir / "ckpt.pt")
 
 
 @pytest.mark.parametrize("method", ["lora", "mora", "relora", "remora"])
-def test_adapters_alone_lower_the_loss(tmp_path, method, base_checkpoint):
-    """Fine-tuning trains the adapters and nothing else (in pretraining the embeddings learn too, and could hide
-    adapters that learn nothing): the validation loss must fall, and each adapted layer's weight must move."""
+def test_adapters_alone_learn_what_the_base_does_not_know(tmp_path, method, base_checkpoint):
+    """Fine-tuned on a sentence the base never saw, the adapters alone (in pretraining the embeddings learn too, and
+    could hide adapters that learn nothing) lower its validation loss by more than 5% in 40 steps (measured: 10-12%;
+    full fine-tuning: 37%); no weight outside the adapted layers moves, and every adapted layer's weight does."""
+    (tmp_path / "new.txt").write_text("The quick brown fox jumps over the lazy dog. " * 300)
+    restarts = ["--merge_every", "15"] if method in train.RESTART_METHODS else []
     summary = run(tmp_path, "--method", method, "--init_from", base_checkpoint, "--max_iters", "40", "--lr", "3e-2",
-                  "--eval_interval", "40", "--merge_every", "15")
+                  "--eval_interval", "40", "--data", str(tmp_path / "new.txt"), *restarts)
     evals = records(tmp_path, "eval")
-    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.02, evals
+    assert evals[-1]["val_loss"] < 0.95 * evals[0]["val_loss"], evals
     checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert summary["trainable_params"] == sum(v.numel() for k, v in checkpoint["model"].items()
                                               if k.endswith((".M", ".lora_A", ".lora_B")))
     base = torch.load(base_checkpoint, weights_only=True)["model"]
-    args = train.parse_args(TINY + ["--method", method, "--init_from", base_checkpoint])
+    args = train.parse_args(tiny("--method", method, "--init_from", base_checkpoint))
     model = train.build_model(args)[0]
     model.load_state_dict(checkpoint["model"])
-    for name, layer in mora.adapter_layers(model).items():
+    adapted = mora.adapter_layers(model)
+    for name, tensor in model.state_dict().items():  # a restart merges into an adapted layer's W0: only there
+        if not any(name.startswith(f"{layer}.") for layer in adapted):
+            assert torch.equal(tensor, base[name]), name
+    for name, layer in adapted.items():
         assert (layer.weight - base[f"{name}.weight"]).norm() > 1e-3 * base[f"{name}.weight"].norm(), name
 
 
@@ -146,8 +188,8 @@ def test_cycle_schedule_values():
 def test_the_logged_rates_are_the_schedule(tmp_path):
     summary = run(tmp_path, "--method", "remora", "--max_iters", "24", "--eval_interval", "24", "--merge_every", "8",
                   "--restart_warmup", "2", "--schedule", "cycle", "--reset", "magnitude", "--min_lr_ratio", "0")
-    args = train.parse_args(TINY + ["--method", "remora", "--max_iters", "24", "--merge_every", "8",
-                                    "--restart_warmup", "2", "--schedule", "cycle", "--min_lr_ratio", "0"])
+    args = train.parse_args(tiny("--method", "remora", "--max_iters", "24", "--merge_every", "8",
+                                 "--restart_warmup", "2", "--schedule", "cycle", "--min_lr_ratio", "0"))
     assert [r["lr"] for r in records(tmp_path, "train")] == pytest.approx([train.get_lr(it, args) for it in range(24)])
     assert [r["iter"] for r in records(tmp_path, "restart")] == [8, 16] and math.isfinite(summary["final_val_loss"])
     steps = {int(s["step"]) for s in torch.load(tmp_path / "ckpt.pt", weights_only=True)["optimizer"]["state"].values()}
@@ -261,7 +303,7 @@ def test_a_diverged_run_stops_with_a_summary_instead_of_merging_nan(tmp_path):
 
 
 def test_a_compression_of_your_own_from_the_command_line(tmp_path):
-    args = train.parse_args(TINY + ["--compress", "test_train:ReversedShare"])
+    args = train.parse_args(tiny("--compress", "test_train:ReversedShare"))
     model = train.build_model(args)[0]
     assert all(type(layer.compression) is ReversedShare for layer in mora.adapter_layers(model).values())
     summary = run(tmp_path, "--compress", "test_train:ReversedShare", "--max_iters", "10", "--eval_interval", "10")
@@ -269,6 +311,30 @@ def test_a_compression_of_your_own_from_the_command_line(tmp_path):
     for spec in ("zip", "test_train:NoSuchClass", "no_such_module:Share"):
         with pytest.raises(train.UserError, match=f"--compress {spec}: neither one of"):
             train.build_model(train.parse_args(["--compress", spec]))
+
+
+def test_a_compression_in_the_working_directory_imports_from_a_script_run_elsewhere(tmp_path):
+    """python /path/to/train.py puts train.py's folder on sys.path, not the working directory where the fork's is."""
+    (tmp_path / "my_file.py").write_text("import mora\n\n\nclass Mine(mora.Share):\n    pass\n")
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *tiny("--compress", "my_file:Mine"), "--max_iters",
+                             "2", "--eval_interval", "2", "--out_dir", "out"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(open(tmp_path / "out" / "metrics.jsonl").readline())["compress"] == "my_file:Mine"
+
+
+@pytest.mark.parametrize("method,flag", [("mora", "--alpha=16"), ("full", "--alpha=16"), ("lora", "--compress=share"),
+                                         ("full", "--rank=4"), ("full", "--targets=query"),
+                                         ("lora", "--schedule=cycle"), ("mora", "--merge_every=10"),
+                                         ("lora", "--reset=random"), ("mora", "--restart_warmup=3")])
+def test_a_flag_the_method_does_not_use_is_refused(capsys, method, flag):
+    name = flag.split("=")[0]
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(["--method", method, flag])
+    assert stop.value.code == 2 and f"{name} does nothing with --method {method}" in capsys.readouterr().err
+    owner = {"--alpha": "lora", "--compress": "mora", "--rank": "lora", "--targets": "mora", "--schedule": "relora",
+             "--merge_every": "remora", "--reset": "relora", "--restart_warmup": "remora"}[name]
+    train.parse_args(["--method", owner, flag])  # with a method that uses it: accepted
 
 
 # Resume --------------------------------------------------------------------------------------------------------------
@@ -338,7 +404,7 @@ train.train = train_and_save
 train.main(sys.argv[1:])
 """)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-               *TINY, "--method", method, "--device", "cpu", "--max_iters", "12", "--eval_interval", "6",
+               *tiny("--method", method), "--device", "cpu", "--max_iters", "12", "--eval_interval", "6",
                "--merge_every", "4", "--out_dir", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -348,6 +414,22 @@ train.main(sys.argv[1:])
     first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first if isinstance(first[k], torch.Tensor))
+
+
+def test_two_ranks_train_as_one_process_at_twice_the_batch(tmp_path):
+    """Every step draws 2 B windows at once and each rank takes its own B; DDP averages the ranks' gradients. So two
+    ranks at batch B train what one process at batch 2 B does, up to the order of float additions. A loop that gave
+    every rank the same windows (rank 0's) would train other weights."""
+    flags = tiny("--max_iters", "6", "--eval_interval", "6", "--device", "cpu")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *flags,
+               "--batch_size", "4", "--out_dir", str(tmp_path / "two")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    train.main(flags + ["--batch_size", "8", "--out_dir", str(tmp_path / "one")])
+    two, one = (torch.load(tmp_path / run / "ckpt.pt", weights_only=True)["model"] for run in ("two", "one"))
+    assert two.keys() == one.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4, msg=key)
 
 
 # Bad input: one clear line, nothing half-written -------------------------------------------------------------------
@@ -361,7 +443,7 @@ def test_cli_error_is_one_line_with_exit_code_2(tmp_path):
 
 @pytest.mark.parametrize("content,message", [(None, "no such file"), (b"", "the file is empty"),
                                              (b"caf\xe9 au lait", "not UTF-8"),
-                                             (b"too short " * 5, "fewer than one block")])
+                                             (b"too short " * 5, r"a batch needs --block_size \+ 2 = 34")])
 def test_bad_data_files(tmp_path, content, message):
     path = tmp_path / "corpus.txt"
     if content is not None:
@@ -369,6 +451,18 @@ def test_bad_data_files(tmp_path, content, message):
     with pytest.raises(train.UserError, match=message) as error:
         run(tmp_path / "out", "--data", str(path), "--max_iters", "2")
     assert str(error.value).startswith(f"--data {path}: ")  # names the file the user passed
+
+
+def test_a_split_needs_two_tokens_past_a_block(tmp_path):
+    """get_batch draws a window start below len - block_size - 1: a split of block_size + 1 tokens has none."""
+    for size, fits in ((18, False), (20, True)):  # byte tokens, half of them held out: splits of 9 and 10
+        (tmp_path / "c.txt").write_bytes((b"abcdefghij" * 2)[:size])
+        flags = ["--data", str(tmp_path / "c.txt"), "--val_fraction", "0.5", "--block_size", "8", "--max_iters", "2"]
+        if fits:
+            assert math.isfinite(run(tmp_path / "out", *flags)["final_val_loss"])
+        else:
+            with pytest.raises(train.UserError, match=r"the train split has 9 tokens; a batch needs .* = 10"):
+                run(tmp_path / "out", *flags)
 
 
 @pytest.mark.parametrize("args,message", [(["--rank", "0"], "--rank: expected a positive int: '0'"),
