@@ -10,22 +10,31 @@ import statistics
 
 import train
 
-# A changed rounding changes these runs (the UUID ones are chaotic), so the reading path's code is part of a run's key.
-CODE_DIGEST = hashlib.sha256(b"".join(open(os.path.join(os.path.dirname(__file__), "..", name), "rb").read()
-                                      for name in ("mora.py", "model.py", "train.py", "memorize_uuid.py"))).hexdigest()
+
+def source_digest(*names: str) -> str:
+    return hashlib.sha256(b"".join(open(os.path.join(os.path.dirname(__file__), "..", name), "rb").read()
+                                   for name in names)).hexdigest()
+
+
+# A changed rounding changes a run (the UUID ones are chaotic), so the code it executes is part of its key: a train.py
+# run executes these three files; a UUID run memorize_uuid.py's finetune() too.
+TRAIN_CODE = source_digest("mora.py", "model.py", "train.py")
+UUID_CODE = source_digest("mora.py", "model.py", "train.py", "memorize_uuid.py")
 
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 # ^ the 97.5% quantile of Student's t with 1, 2, ..., 30 degrees of freedom (beyond: the normal's 1.96)
 
 
-def code_digest(compress: str) -> str:
-    """CODE_DIGEST, and the source of a --compress module:Class: a fork's operator determines its runs too."""
+def code_digest(compress: str, uuid: bool = False) -> str:
+    """The digest of the code a run executes (UUID_CODE for a UUID run, else TRAIN_CODE), and the source of a
+    --compress module:Class: a fork's operator determines its runs too."""
+    code = UUID_CODE if uuid else TRAIN_CODE
     module, colon, _ = compress.partition(":")
     if not colon:
-        return CODE_DIGEST
+        return code
     source = open(importlib.util.find_spec(module).origin, "rb").read()
-    return hashlib.sha256(CODE_DIGEST.encode() + source).hexdigest()
+    return hashlib.sha256(code.encode() + source).hexdigest()
 
 
 def spread(values: list[float]) -> dict:
@@ -77,11 +86,31 @@ def parse_lrs(text: str, methods: list[str]) -> dict[str, list[float]]:
     return grids
 
 
-def pick_rate(grid: list[float], scores: list[float]) -> tuple[float, str | None]:
-    """The rate with the highest score, and a warning if it lacks a tried, worse neighbour on both sides."""
-    best = max(range(len(grid)), key=scores.__getitem__)
-    edge = len(grid) > 1 and (best == 0 or best == len(grid) - 1)
-    return grid[best], f"its best rate {grid[best]:g} is at the edge of the grid {grid}; widen it" if edge else None
+def pick(scores: dict, grid: list[float], alphas: list, tolerance: float,
+         floor: float | None = None) -> tuple[tuple, list[str]]:
+    """The (rate, alpha) with the highest mean score over the tuning seeds (alpha None for a method without one) and
+    every reason the pick may not be an interior optimum, so that a table can say so: a rate or alpha at the edge of
+    its grid (widen it); LoRA's alpha not tuned (one value tried); flat (a neighbouring rate at that alpha scores
+    within the tuning seeds' spread, or, with one tuning seed, within `tolerance` of the pick); at the floor (no
+    combination scores above `floor`: the pick is noise). scores: {(rate, alpha): [a score per tuning seed]}."""
+    mean = {combo: statistics.fmean(s) for combo, s in scores.items()}
+    lr, alpha = best = max(mean, key=mean.get)
+    notes = []
+    if len(grid) > 1 and grid.index(lr) in (0, len(grid) - 1):
+        notes.append(f"its best rate {lr:g} is at the edge of the grid {grid}; widen it")
+    if alpha is not None and len(alphas) == 1:
+        notes.append(f"alpha not tuned: {alpha:g}r is the only one tried")
+    elif alpha is not None and alphas.index(alpha) in (0, len(alphas) - 1):
+        notes.append(f"its best alpha {alpha:g}r is at the edge of {alphas}; widen it")
+    seeds = len(scores[best])
+    low, high = (min(scores[best]), max(scores[best])) if seeds > 1 else (mean[best] - tolerance, mean[best])
+    neighbours = [grid[i] for i in (grid.index(lr) - 1, grid.index(lr) + 1) if 0 <= i < len(grid)]
+    if any(low <= mean[n, alpha] <= high for n in neighbours):
+        notes.append("flat: a neighbouring rate scores within the tuning seeds' spread" if seeds > 1 else
+                     f"flat: one tuning seed, and a neighbouring rate scores within {tolerance:g} of the pick")
+    if floor is not None and max(mean.values()) <= floor:
+        notes.append(f"at the floor: no combination scores above {floor:g}, so the pick is noise")
+    return best, notes
 
 
 def write_json(path: str, obj) -> None:
@@ -111,6 +140,7 @@ def save_figure(fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path + ".tmp.png", dpi=110)
     os.replace(path + ".tmp.png", path)  # never a half-written figure
+    pyplot().close(fig)  # pyplot keeps every figure until closed: a sweep's figures would pile up
 
 
 def run_main(main, name: str) -> None:

@@ -16,8 +16,10 @@ learning rate (LoRA: rate and alpha) on the --tune_seeds, which are never report
     python -m experiments.memorize --methods lora,mora --alphas 1,2,4,8,16 --tune_seeds 0,4 --seeds 1,2,3 \
         --lrs lora=1e-3:2e-3:5e-3:1e-2:2e-2:5e-2,mora=5e-3:1e-2:2e-2:5e-2:1e-1 --tag best16   # both reported: docs/
 
-Protocol: the tuning score is the mean character accuracy over the checkpoints, averaged over the tuning seeds; a
-pick whose neighbouring rates score within the tuning seeds' spread is reported as flat. Each seed draws its own pairs,
+Protocol: the tuning score is the mean character accuracy over the checkpoints, averaged over the tuning seeds. The
+tuning line notes every pick that is not an interior optimum (harness.pick): at an edge of its grid, LoRA's alpha not
+tuned, flat (a neighbouring rate within the tuning seeds' spread, or within 2 points on one seed), or at the format
+floor (no combination above it: noise). Each seed draws its own pairs,
 adapter initialization and batch order. Every run is saved under out/uuid/runs/ under a key of everything that
 determines it (the pairs themselves, the base model's weights, the tokenizer, method, rank, rate, seed and
 flags), so an interrupted sweep continues and a changed experiment is never answered from the cache. Results:
@@ -38,8 +40,8 @@ import memorize_uuid
 import train
 from model import GPT, setup_device
 from experiments.bench import dispatched
-from experiments.harness import (code_digest, interval_text, paired_difference, parse_lrs, pick_rate, pyplot,
-                                 run_main, save_figure, spread, spread_text, write_json)
+from experiments.harness import (code_digest, interval_text, paired_difference, parse_lrs, pick, pyplot, run_main,
+                                 save_figure, spread, spread_text, write_json)
 
 def scaled_rates(width: int, factors: tuple[float, ...] = (1,)) -> str:
     """--lrs for a base of another width, by a rule, not a tuning: memorize_uuid.RATES (picked on the d=144 base)
@@ -67,6 +69,7 @@ BASES = {  # train.py flags of the base that a preset without --base pretrains (
     "gpu-offline": ["--n_layer", "6", "--n_head", "8", "--n_embd", "512", "--block_size", "80", "--max_iters", "2000",
                     "--batch_size", "64", "--lr", "3e-3"],
 }
+ONE_SEED_FLAT = 0.02  # with one tuning seed, a neighbouring rate within 2 points of mean accuracy makes a pick "flat"
 LAUNCH_S = 5e-6  # a kernel launch, the floor of every operation at these small sizes: the other term of the estimate
 H100_FLOPS = 989e12 * 0.4  # bf16 dense peak of an H100 SXM, at 40% utilization: the assumption of the estimate
 
@@ -87,7 +90,7 @@ def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, d
     settings = {"base": base["source"], "base_weights": base["digest"], "tokenizer": base["tokenizer"],
                 "block_size": base["config"].block_size, "pairs": hashlib.sha256(json.dumps(
                     [examples["values"], examples["prompts"]]).encode()).hexdigest(), "method": method, "rank": rank,
-                "lr": lr, "seed": seed, "code": code_digest(args.compress if method == "mora" else "auto"),
+                "lr": lr, "seed": seed, "code": code_digest(args.compress if method == "mora" else "auto", uuid=True),
                 "compress": args.compress if method == "mora" else None,  # each method's own knobs only
                 "alpha_r": args.alpha_r if method == "lora" else None,
                 **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "dtype", "sv_threshold",
@@ -136,22 +139,6 @@ def name_of(method: str, rank: int | None, alpha_r: float | None = None) -> str:
 
 def row_name(method: str, rank: int | None, row: dict) -> str:  # a row records LoRA's absolute alpha
     return name_of(method, rank, row["alpha"] / rank if row["alpha"] else None)
-
-
-def pick(scores: dict, grid: list[float], alphas: list) -> tuple[tuple, list[str]]:
-    """The (rate, alpha) with the highest mean score over the tuning seeds, and what to say of it: at an edge of a
-    grid (widen it), or flat (a neighbouring rate at its alpha scores within the spread of its own seeds)."""
-    mean = {combo: statistics.fmean(s) for combo, s in scores.items()}
-    alpha = max(mean, key=mean.get)[1]
-    lr, warning = pick_rate(grid, [mean[g, alpha] for g in grid])  # the best rate at the best combination's alpha
-    best, notes = (lr, alpha), [warning] if warning else []
-    if alpha is not None and len(alphas) > 1 and alphas.index(alpha) in (0, len(alphas) - 1):  # LoRA only
-        notes.append(f"its best alpha {alpha:g}r is at the edge of {alphas}; widen it")
-    low, high = min(scores[best]), max(scores[best])
-    neighbours = [grid[i] for i in (grid.index(lr) - 1, grid.index(lr) + 1) if 0 <= i < len(grid)]
-    if len(scores[best]) > 1 and any(low <= mean[n, alpha] <= high for n in neighbours):
-        notes.append("flat: a neighbouring rate scores within the tuning seeds' spread")
-    return best, notes
 
 
 def pct(x: float) -> str:
@@ -288,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
     examples = memorize_uuid.encode(memorize_uuid.make_pairs(args.pairs, seeds[0]), enc)
     memorize_uuid.check_fits(base, examples)
     length = examples["sequences"].shape[1]
+    tuning_floor = memorize_uuid.format_floor(examples["values"])  # of the first reported seed's pairs: ~0.25 each
     flops, launches = estimate_flops(base, args, length, n_runs), estimate_launches(base, args, examples, n_runs,
                                                                                      device, ctx)
     print(f"{args.pairs} UUID pairs ({length} tokens each with padding), {args.steps} steps of {args.batch_size}, "
@@ -307,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
         if len(combos[method]) > 1:
             scores = {(g, a): [mean_accuracy(run(method, rank, g, a, s, f"[tune] {name_of(method, rank, a)} lr={g:g} "
                                                  f"seed {s}")) for s in tune_seeds] for g, a in combos[method]}
-            (lr, alpha), notes = pick(scores, grids[method], alphas)
+            (lr, alpha), notes = pick(scores, grids[method], alphas, ONE_SEED_FLAT, floor=tuning_floor)
             tuning.append(f"tuning seeds {tune_seeds}, {name_of(method, rank)}: mean accuracy over checkpoints "
                           + ", ".join(f"{'/'.join(pct(x) for x in s)}% at {g:g}" + (f" alpha {a:g}r" if a else "")
                                       for (g, a), s in scores.items())

@@ -1,19 +1,22 @@
 """
 Pretraining comparison (the paper's §5.3, Table 3): run train.py for several methods, pick each method's learning
-rate on a tuning seed, then report the final validation loss of each at its rate over other seeds. Any other
-train.py flag passes through.
+rate (LoRA's and ReLoRA's with their alpha) on tuning seeds, then report the final validation loss of each at its
+pick over other seeds. Any other train.py flag passes through, to the methods that use it.
 
-    python -m experiments.pretraining --tune_only       # the five methods over a 5-rate grid on seed 0: CPU ~2 h
-    python -m experiments.pretraining                   # then 3 reporting seeds at each pick: ~65 min more
+    python -m experiments.pretraining --methods mora --lrs 3e-3,1e-2,3e-2 --tune_only       # MoRA's rate on 2 seeds
+    python -m experiments.pretraining --methods lora --alphas 2,8,32 --lrs 1e-3,3e-3,1e-2 --tune_only   # LoRA's
+    python -m experiments.pretraining --lrs lora=1e-3:3e-3:1e-2,mora=3e-3:1e-2:3e-2 --alphas 2,8,32   # 3 seeds each
     python -m experiments.pretraining --methods lora,mora --rank 21 --compress share --lrs 1e-3,3e-3,1e-2,3e-2 \
         --tag share-r21
     python -m experiments.pretraining --lrs 1e-3,3e-3,1e-2 --n_layer 12 --n_head 12 --n_embd 768 --max_iters 5000
 
-Protocol: the tuning seed picks the rate with the lowest final validation loss; its runs are never reported. The
-reported figure is the final validation loss (not the best over evaluations, which would be early stopping on the
-reported split), as mean ± std and min-max over the seeds, with the gaps paired by seed and their 95% intervals:
-LoRA - MoRA and ReLoRA - ReMoRA (the method), LoRA - ReLoRA and MoRA - ReMoRA (the restarts). A run that diverges
-stops early and counts as the worst loss. Runs go to out/compare/<tag>/<method>-lr<lr>-seed<seed>/ and a finished
+Protocol: the tuning seeds pick the (rate, alpha) with the lowest mean final validation loss (harness.pick, which
+notes every pick that is not an interior optimum: at an edge, alpha not tuned, or flat: a neighbouring rate within
+the tuning seeds' spread, or within 0.01 on one seed); their runs are never reported. The reported figure is the
+final validation loss (not the best over evaluations, which would be early stopping on the reported split), as mean
+± std and min-max over the seeds, with the gaps paired by seed and their 95% intervals: LoRA - MoRA and ReLoRA -
+ReMoRA (the method), LoRA - ReLoRA and MoRA - ReMoRA (the restarts). A run that diverges stops early and counts as
+the worst loss. Runs go to out/compare/<tag>/<method>[-alpha<alpha>]-lr<lr>-seed<seed>/, and a finished
 run is not repeated, so an interrupted sweep continues. Tables: stdout and out/compare/<tag>/results.json; with
 matplotlib, the validation curves in out/compare/<tag>/pretraining.png. The times above: summed runs, one CPU core.
 """
@@ -24,10 +27,11 @@ import math
 import os
 
 import train
-from experiments.harness import (code_digest, interval_text, paired_difference, pick_rate, pyplot, run_main,
+from experiments.harness import (code_digest, interval_text, paired_difference, parse_lrs, pick, pyplot, run_main,
                                  save_figure, spread, spread_text, write_json)
 
 GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "relora"), ("mora", "remora")]  # a - b, paired by seed
+ONE_SEED_FLAT = 0.01  # with one tuning seed, a neighbouring rate within 0.01 nats makes a pick "flat"
 
 
 def flags_for(method: str, train_flags: list[str]) -> list[str]:
@@ -45,9 +49,10 @@ def flags_for(method: str, train_flags: list[str]) -> list[str]:
 
 def run(root: str, method: str, lr: float, seed: int, train_flags: list[str]) -> list[dict]:
     """The records (metrics.jsonl) of one finished train.py run, training it first if needed."""
-    out_dir = os.path.join(root, f"{method}-lr{lr:g}-seed{seed}")
-    flags = flags_for(method, train_flags) + ["--method", method, "--lr", str(lr), "--seed", str(seed), "--out_dir",
-                                               out_dir]
+    flags = flags_for(method, train_flags) + ["--method", method, "--lr", str(lr), "--seed", str(seed)]
+    alpha = train.parse_args(flags).alpha  # LoRA's, absolute, when the flags set it: a run of its own
+    out_dir = os.path.join(root, f"{method}{f'-alpha{alpha:g}' if alpha else ''}-lr{lr:g}-seed{seed}")
+    flags += ["--out_dir", out_dir]
     records = finished(out_dir, flags)
     if records is None:
         train.main(flags)
@@ -107,50 +112,62 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
     parser.add_argument("--methods", default=",".join(train.METHODS), help="comma-separated methods to compare")
     parser.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2,1e-1",
-                        help="comma-separated learning-rate grid, tuned per method")
-    parser.add_argument("--tune_seed", type=train.numeric(int), default=0,
-                        help="seed the rates are picked on; not reported")
+                        help="a grid tuned per method ('1e-3,1e-2'), or one per method 'lora=1e-3:1e-2,mora=1e-2'")
+    parser.add_argument("--alphas", default="2", help="LoRA's and ReLoRA's alpha as multiples of r, tuned with the "
+                                                      "rate: '2,8,32' (one value: not tuned, and the tables say so)")
+    parser.add_argument("--tune_seeds", default="0,4", help="seeds the picks are made on (by their mean); not reported")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds to report")
     parser.add_argument("--tune_only", action="store_true", help="stop after tuning (the sweep continues later)")
     parser.add_argument("--tag", default="default", help="name of this sweep, its folder under out/compare/")
     args, train_flags = parser.parse_known_args(argv)
     methods = args.methods.split(",")
-    lrs = [float(lr) for lr in args.lrs.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds, tune_seeds = [int(s) for s in args.seeds.split(",")], [int(s) for s in args.tune_seeds.split(",")]
     unknown = [m for m in methods if m not in train.METHODS]
     if unknown:
         parser.error(f"--methods: unknown {unknown}; choose from {list(train.METHODS)}")
-    if args.tune_seed in seeds:
-        parser.error(f"--seeds {args.seeds} contains --tune_seed {args.tune_seed}, which is not reported")
+    if set(tune_seeds) & set(seeds):
+        parser.error(f"--seeds {args.seeds} and --tune_seeds {args.tune_seeds} share a seed, which is not reported")
+    if any(flag.split("=")[0] == "--alpha" for flag in train_flags):
+        parser.error("--alpha: this sweep tunes LoRA's alpha over --alphas (multiples of --rank); give it there")
     for method in methods:  # reject bad train.py flags before the first run
         train.parse_args(flags_for(method, train_flags) + ["--method", method])
+    grids, alphas = parse_lrs(args.lrs, methods), [float(a) for a in args.alphas.split(",")]
+    rank = train.parse_args(flags_for("lora", train_flags) + ["--method", "lora"]).rank
+    with_alpha = lambda alpha: train_flags + (["--alpha", f"{alpha * rank:g}"] if alpha else [])  # a multiple of r
     root = os.path.join("out", "compare", args.tag)
 
     rows, tuning = {}, []
     for method in methods:
-        tuned = [final_loss(run(root, method, lr, args.tune_seed, train_flags)) for lr in lrs]
-        lr, warning = pick_rate(lrs, [-loss for loss in tuned])
-        shown = [f"{loss:.4f} at {g:g}" if math.isfinite(loss) else f"diverged at {g:g}" for loss, g in zip(tuned, lrs)]
-        tuning.append(f"tuning seed {args.tune_seed}, {method}: final val loss " + ", ".join(shown) + f"; picked {lr:g}"
-                      + (f". WARNING: {warning}" if warning else ""))
-        print(tuning[-1])
-        rows[method] = {"lr": lr}
+        combos = [(lr, a) for a in (alphas if method in ("lora", "relora") else [None]) for lr in grids[method]]
+        lr, alpha = combos[0]
+        if len(combos) > 1:
+            tuned = {(g, a): [final_loss(run(root, method, g, seed, with_alpha(a))) for seed in tune_seeds]
+                     for g, a in combos}
+            (lr, alpha), notes = pick({c: [-loss for loss in losses] for c, losses in tuned.items()}, grids[method],
+                                      alphas, ONE_SEED_FLAT)
+            shown = [("/".join(f"{x:.4f}" if math.isfinite(x) else "diverged" for x in losses) + f" at {g:g}"
+                      + (f" alpha {a:g}r" if a else "")) for (g, a), losses in tuned.items()]
+            tuning.append(f"tuning seeds {tune_seeds}, {method}: final val loss " + ", ".join(shown) + f"; picked "
+                          f"{lr:g}" + (f" alpha {alpha:g}r" if alpha else "") + "".join(f". NOTE: {n}" for n in notes))
+            print(tuning[-1])
+        rows[method] = {"lr": lr, "alpha_r": alpha}
     if args.tune_only:
         return {"tuning": tuning}
 
     curves = {}
     for method in methods:
-        runs = [run(root, method, rows[method]["lr"], seed, train_flags) for seed in seeds]
+        runs = [run(root, method, rows[method]["lr"], seed, with_alpha(rows[method]["alpha_r"])) for seed in seeds]
         summary = next(r for r in runs[0] if r["kind"] == "summary")
         rows[method].update(trainable_params=summary["trainable_params"], losses=[final_loss(r) for r in runs])
         curves[f"{method} (lr {rows[method]['lr']:g})"] = [evals(r) for r in runs]
 
-    lines = [f"Final validation loss over seeds {seeds} (rates picked on seed {args.tune_seed}):", "",
-             "| method | trainable params | lr | final val loss, mean ± std | min-max | ppl of the mean |",
-             "|---|---|---|---|---|---|"]
+    unit = "byte" if train.parse_args(flags_for("full", train_flags)).tokenizer == "bytes" else "token"
+    lines = [f"Final validation loss, nats per {unit}, over seeds {seeds} (picked on seeds {tune_seeds}):", "",
+             "| method | trainable params | lr | alpha | final val loss, mean ± std | min-max | ppl of the mean |",
+             "|---|---|---|---|---|---|---|"]
     for method, row in rows.items():
-        s = spread(row["losses"])
-        lines.append(f"| {method} | {row['trainable_params']:,} | {row['lr']:g} | "
+        s, alpha = spread(row["losses"]), f"{row['alpha_r']:g}r" if row["alpha_r"] else "-"
+        lines.append(f"| {method} | {row['trainable_params']:,} | {row['lr']:g} | {alpha} | "
                      f"{spread_text(s, nats, with_range=False)} | {s['min']:.4f}-{s['max']:.4f} | "
                      f"{math.exp(s['mean']):.2f} |")
     gaps = [(a, b) for a, b in GAPS if a in rows and b in rows]
@@ -162,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{d['min']:.4f} to {d['max']:.4f} | {', '.join(f'{x:.4f}' for x in d['diffs'])} |")
     lines += [""] + tuning
     print("\n" + "\n".join(lines))
-    results = {"train_flags": train_flags, "lrs": lrs, "tune_seed": args.tune_seed, "seeds": seeds, "rows": rows,
+    results = {"train_flags": train_flags, "lrs": grids, "alphas": alphas, "tune_seeds": tune_seeds, "seeds": seeds,
+               "rows": rows,
                "tables": lines, "curves": curves}
     write_json(os.path.join(root, "results.json"), results)
     figure = os.path.join(root, "pretraining.png")

@@ -32,8 +32,9 @@ def test_a_diverged_run_is_said_so_not_averaged():
 
 
 def test_tuning_picks_the_best_rate_and_warns_at_an_edge():
-    assert harness.pick_rate([1e-3, 1e-2, 1e-1], [0.2, 0.6, 0.4]) == (1e-2, None)
-    lr, warning = harness.pick_rate([1e-2, 1e-1], [0.6, 0.4])
+    assert harness.pick({(1e-3, None): [0.2], (1e-2, None): [0.6], (1e-1, None): [0.4]}, [1e-3, 1e-2, 1e-1], [],
+                        0.02) == ((1e-2, None), [])
+    (lr, _), (warning,) = harness.pick({(1e-2, None): [0.6], (1e-1, None): [0.4]}, [1e-2, 1e-1], [], 0.02)
     assert lr == 1e-2 and "edge of the grid" in warning
 
 
@@ -136,21 +137,29 @@ def test_offline_gpu_preset_code_path_pretrains_its_own_base(workdir, monkeypatc
     assert {(r["method"], r["seed"]) for r in results["runs"]} == {("full", 1), ("lora", 1), ("mora", 1)}
 
 
-def test_picking_rate_and_alpha_by_the_tuning_seeds_mean():
+def test_picking_rate_and_alpha_by_the_tuning_seeds_mean_and_saying_why_a_pick_is_weak():
     grid, alphas = [1e-3, 1e-2, 1e-1], [1.0, 2.0, 4.0]
     scores = {(lr, a): [0.1, 0.1] for lr in grid for a in alphas}
     scores[1e-2, 2.0] = [0.50, 0.70]  # the best mean, inside both grids
     scores[1e-3, 2.0] = [0.30, 0.34]  # its neighbours: below the spread of its seeds (0.50-0.70)
-    assert memorize.pick(scores, grid, alphas) == ((1e-2, 2.0), [])
+    assert harness.pick(scores, grid, alphas, 0.02) == ((1e-2, 2.0), [])
     scores[1e-1, 2.0] = [0.55, 0.57]  # a neighbour within that spread: a flat pick, not an optimum
     flat = "flat: a neighbouring rate scores within the tuning seeds' spread"
-    assert memorize.pick(scores, grid, alphas)[1] == [flat]
+    assert harness.pick(scores, grid, alphas, 0.02)[1] == [flat]
     scores[1e-2, 4.0] = [0.9, 0.9]  # the best alpha at the edge of its grid
-    (lr, alpha), notes = memorize.pick(scores, grid, alphas)
-    assert (lr, alpha) == (1e-2, 4.0) and any("alpha 4r is at the edge" in note for note in notes)
-    mora_scores = {(lr, None): [0.1 * i, 0.1 * i] for i, lr in enumerate(grid)}  # MoRA: no alpha to tune
-    assert memorize.pick(mora_scores, grid, alphas) == ((1e-1, None), [f"its best rate 0.1 is at the edge of the grid "
-                                                                       f"{grid}; widen it"])
+    (lr, alpha), notes = harness.pick(scores, grid, alphas, 0.02)
+    assert (lr, alpha) == (1e-2, 4.0) and notes == ["its best alpha 4r is at the edge of [1.0, 2.0, 4.0]; widen it"]
+    mora_scores = {(lr, None): [0.1 * i] for i, lr in enumerate(grid)}  # MoRA: no alpha to tune; one tuning seed
+    assert harness.pick(mora_scores, grid, alphas, 0.02) == ((1e-1, None), [f"its best rate 0.1 is at the edge of the "
+                                                                            f"grid {grid}; widen it"])
+    one_seed = {(1e-3, 8.0): [0.30], (1e-2, 8.0): [0.40], (1e-1, 8.0): [0.39]}  # one alpha, and one seed
+    assert harness.pick(one_seed, grid, [8.0], 0.02)[1] == [
+        "alpha not tuned: 8r is the only one tried",
+        "flat: one tuning seed, and a neighbouring rate scores within 0.02 of the pick"]
+    one_seed[1e-1, 8.0] = [0.37]  # 3 points below: an interior optimum again, on this tolerance
+    assert harness.pick(one_seed, grid, [8.0], 0.02)[1] == ["alpha not tuned: 8r is the only one tried"]
+    assert harness.pick(one_seed, grid, [8.0], 0.02, floor=0.45)[1][-1] == ("at the floor: no combination scores "
+                                                                          "above 0.45, so the pick is noise")
     assert memorize.name_of("lora", 8, 4.0) == "lora r=8 alpha=4r" and memorize.name_of("mora", 8) == "mora r=8"
 
 
