@@ -7,10 +7,9 @@ The paper's memorization experiment (§3, §5.1, Table 2): fine-tune a pretraine
     python memorize_uuid.py --base out/full/ckpt.pt      # your own train.py checkpoint (--method full)
     python memorize_uuid.py --base gpt2 --pairs 1000 --batch_size 64 --steps 1500 --lrs full=6e-4,lora=2e-4,mora=4e-3
 
-Without --base, train.py pretrains a small GPT on the bundled corpus (once, cached under out/uuid/); --base also takes
-a GPT-2 name (downloads once) or HuggingFace folder. Accuracy is greedy decoding of the value after "key:", compared
-character by character with the true value. One seed is a demo: the evidence over seeds (rates tuned on held-out
-seeds, paired intervals, figures) is python -m experiments.memorize, which runs this file's finetune() (docs/).
+Without --base, train.py pretrains a small GPT on the bundled corpus (once, cached under out/uuid/). Accuracy: greedy
+decoding of the value after "key:", character by character. One seed is a demo: the evidence over seeds (tuned on
+held-out seeds, paired intervals, figures) is python -m experiments.memorize, which runs this file's finetune().
 """
 
 import argparse
@@ -54,12 +53,11 @@ def encode(pairs: list[tuple[str, str]], enc) -> dict:
     length = max(len(p) + len(a) for p, a in zip(prompts, answers))
     sequences = torch.full((len(pairs), length), enc.eot_token)
     targets = torch.full((len(pairs), length - 1), -1)
-    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
-        ids = torch.tensor(prompt + answer)
+    for i, ids in enumerate(torch.tensor(prompt + answer) for prompt, answer in zip(prompts, answers)):
         sequences[i, :len(ids)] = ids
         targets[i, :len(ids) - 1] = ids[1:]  # target t is token t + 1
     return {"sequences": sequences, "targets": targets, "prompts": prompts, "values": [v for _, v in pairs],
-            "max_answer": max(map(len, answers))}
+            "max_answer": max(map(len, answers)), "enc": enc}
 
 
 def char_accuracy(predicted: list[str], expected: list[str]) -> tuple[float, float]:
@@ -71,8 +69,7 @@ def char_accuracy(predicted: list[str], expected: list[str]) -> tuple[float, flo
 
 def format_floor(values: list[str]) -> float:
     """Character accuracy of the best single answer, the same for every key (at each position the most common
-    character): what knowing only the format (dashes, the version digit) scores, with no fact memorized. It assumes
-    values of one shape, compared position by position, as UUIDs are; for values of any other kind, a rough floor."""
+    character): knowing the format (dashes, the version digit), no fact. It assumes values of one shape, as UUIDs."""
     best = "".join(statistics.mode(column) for column in zip(*values))
     return char_accuracy([best] * len(values), values)[0]
 
@@ -83,7 +80,7 @@ def sustained_step(curve: list[dict], level: float) -> int | None:
     return curve[last_below + 1]["step"] if last_below + 1 < len(curve) else None
 
 
-def spectrum_stats(delta: torch.Tensor, threshold: float) -> dict | None:
+def spectrum_stats(delta: torch.Tensor, threshold: float = 0.1) -> dict | None:
     """Singular values of a weight update: how many exceed `threshold` (the paper's §6.1 count) and the effective
     rank exp(entropy of the normalized singular values) (Roy & Vetterli 2007). None if the run diverged."""
     if not torch.isfinite(delta).all():
@@ -120,17 +117,15 @@ def check_fits(base: dict, examples: dict) -> None:  # the model reads a sequenc
 
 
 @torch.no_grad()
-def evaluate(model: GPT, examples: dict, enc, ctx, batch: int = 512) -> tuple[float, float]:
+def evaluate(model: GPT, examples: dict, ctx, batch: int = 512) -> tuple[float, float]:
     """Greedy-decode the value after every "key:" prompt (prompts of one length at a time) and score it."""
     model.eval()
+    enc = examples["enc"]
     device = next(model.parameters()).device
     predicted = [""] * len(examples["prompts"])
-    by_length = {}
-    for i, prompt in enumerate(examples["prompts"]):
-        by_length.setdefault(len(prompt), []).append(i)
-    for length, rows in by_length.items():
-        for start in range(0, len(rows), batch):
-            chunk = rows[start:start + batch]
+    for length in sorted(set(map(len, examples["prompts"]))):  # generate() takes prompts of one length
+        rows = [i for i, prompt in enumerate(examples["prompts"]) if len(prompt) == length]
+        for chunk in (rows[start:start + batch] for start in range(0, len(rows), batch)):
             prompts = torch.tensor([examples["prompts"][i] for i in chunk], device=device)
             with ctx:
                 out = model.generate(prompts, max_new_tokens=examples["max_answer"], temperature=0)
@@ -141,32 +136,50 @@ def evaluate(model: GPT, examples: dict, enc, ctx, batch: int = 512) -> tuple[fl
     return char_accuracy(predicted, examples["values"])
 
 
+def start(base: dict, method: str, rank: int, lr: float, seed: int, args, device) -> tuple[GPT, argparse.Namespace]:
+    """A run's model as train.py builds it (seeded first) and its train.py config: schedule, clipping, its own knobs."""
+    flags = ["--method", method, "--lr", str(lr), "--max_iters", str(args.steps), "--warmup", str(args.steps // 20),
+             "--min_lr_ratio", str(args.min_lr_ratio), "--seed", str(seed)]
+    own = {"full": [], "lora": ["--alpha", str(args.alpha_r * rank)], "mora": ["--compress", args.compress]}[method]
+    cfg = train.parse_args(flags + own + ([] if method == "full" else ["--rank", str(rank), "--targets", TARGETS]))
+    torch.manual_seed(seed)
+    model = GPT(dataclasses.replace(base["config"]))
+    model.load_state_dict(base["state"])
+    return train.adapt(model, cfg, pretraining=False).to(device), cfg
+
+
+def batch_order(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
+    """(steps, batch_size): the rows of each step's batch, epoch after epoch of a random order (a generator of its own;
+    a batch may span two epochs)."""
+    order = torch.Generator().manual_seed(seed)
+    rows = torch.cat([torch.randperm(n, generator=order) for _ in range(-(-steps * batch_size // n))])
+    return rows[:steps * batch_size].view(steps, batch_size)
+
+
+def record(model: GPT, base: dict, examples: dict, cfg, curve: list[dict], t0: float) -> dict:
+    """A finished run: its curve and its update's singular values per adapted layer (full: the weight's change)."""
+    spectra = {name: spectrum_stats((layer.delta_weight() if isinstance(layer, mora.AdapterLinear) else layer.weight -
+                                     base["state"][f"{name}.weight"].to(layer.weight.device)).detach())  # on the device
+               for name, layer in model.named_modules() if name.rsplit(".", 1)[-1] in TARGETS.split(",")}
+    return {"method": cfg.method, "rank": None if cfg.method == "full" else cfg.rank, "lr": cfg.lr, "alpha": cfg.alpha,
+            "seed": cfg.seed, "trainable_params": mora.count_trainable(model), "curve": curve, "spectra": spectra,
+            "wall_time_s": time.time() - t0, "format_floor": format_floor(examples["values"]),
+            "tokens_per_example": examples["sequences"].shape[1]}
+
+
 def finetune(base: dict, examples: dict, method: str, rank: int, lr: float, seed: int, args, device, ctx,
              label: str) -> dict:
     """One fine-tuning run on `examples` (args: the experiment's flags); returns its accuracy curve and spectra."""
     check_fits(base, examples)
-    enc = train.get_tokenizer(base["tokenizer"])
-    flags = ["--method", method, "--lr", str(lr), "--max_iters", str(args.steps), "--warmup", str(args.steps // 20),
-             "--min_lr_ratio", str(args.min_lr_ratio), "--seed", str(seed)]  # warmup, then cosine
-    flags += [] if method == "full" else ["--rank", str(rank), "--targets", TARGETS]  # the flags of this method only
-    flags += ["--alpha", str(args.alpha_r * rank)] if method == "lora" else []  # alpha_r: a multiple of r
-    flags += ["--compress", args.compress] if method == "mora" else []
-    cfg = train.parse_args(flags)
-    torch.manual_seed(seed)
-    model = GPT(dataclasses.replace(base["config"]))
-    model.load_state_dict(base["state"])
-    model = train.adapt(model, cfg, pretraining=False).to(device)
-    before = {name: m.weight.detach().clone() for name, m in model.named_modules()  # full fine-tuning's W0
-              if name.rsplit(".", 1)[-1] in TARGETS.split(",") and not isinstance(m, mora.AdapterLinear)}
+    model, cfg = start(base, method, rank, lr, seed, args, device)
     optimizer = model.configure_optimizers(0.0, lr, (0.9, 0.99), device.type)  # no weight decay: facts must stay
     trained = torch.compile(model) if args.compile else model  # the training step only: decoding stays eager
-    order = torch.Generator().manual_seed(seed)
-    batches = torch.randperm(len(examples["values"]), generator=order).to(device)  # one copy per epoch, not per step
+    rows = batch_order(len(examples["values"]), args.batch_size, args.steps, seed).to(device)  # copied once
     sequences, targets = examples["sequences"].to(device), examples["targets"].to(device)  # copied once, not per step
     curve, t0, loss = [], time.time(), None
     for step in range(args.steps + 1):
         if step % args.eval_every == 0 or step == args.steps:
-            char_acc, exact = evaluate(model, examples, enc, ctx)
+            char_acc, exact = evaluate(model, examples, ctx)
             loss = None if loss is None else float(loss)  # the only place that waits for the device
             curve.append({"step": step, "char_acc": char_acc, "exact_match": exact, "loss": loss})
             eta = (time.time() - t0) / max(step, 1) * (args.steps - step)
@@ -174,19 +187,9 @@ def finetune(base: dict, examples: dict, method: str, rank: int, lr: float, seed
                   f"char acc {100 * char_acc:.1f}%, exact {100 * exact:.1f}%, eta {eta / 60:.1f} min", flush=True)
         if step == args.steps:
             break
-        if len(batches) < args.batch_size:  # a new epoch, in a new order
-            batches = torch.cat((batches, torch.randperm(len(examples["values"]), generator=order).to(device)))
-        idx, batches = batches[:args.batch_size], batches[args.batch_size:]
-        batch = [(sequences[idx, :-1], targets[idx])]
+        batch = [(sequences[rows[step], :-1], targets[rows[step]])]
         loss = train.train_step(trained, optimizer, batch, ctx, train.get_lr(step, cfg), cfg.grad_clip)  # no sync
-
-    deltas = {name: layer.delta_weight() for name, layer in mora.adapter_layers(model).items()}
-    deltas.update({name: model.get_submodule(name).weight - w0 for name, w0 in before.items()})
-    return {"method": method, "rank": rank if method != "full" else None, "lr": lr, "alpha": cfg.alpha, "seed": seed,
-            "trainable_params": mora.count_trainable(model), "curve": curve, "wall_time_s": time.time() - t0,
-            "format_floor": format_floor(examples["values"]), "tokens_per_example": examples["sequences"].shape[1],
-            "spectra": {name: spectrum_stats(d.detach(), args.sv_threshold)  # on the device: no copy to the CPU
-                        for name, d in deltas.items()}}
+    return record(model, base, examples, cfg, curve, t0)
 
 
 # --- The demo: one seed, one rate per method
@@ -200,11 +203,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=count, default=64, help="number of UUID pairs to memorize")
     parser.add_argument("--steps", type=count, default=1200, help="fine-tuning steps")
     parser.add_argument("--min_lr_ratio", type=float, default=0.1, help="the cosine ends at lr * this (1: constant)")
-    parser.add_argument("--alpha_r", type=number, default=128, help="LoRA's alpha as a multiple of r, alpha / r: its "
-                        "scaling (128: picked with --lrs at r=8, docs/experiments.md; the authors' scripts use 0.5)")
+    parser.add_argument("--alpha_r", type=number, default=128, help="LoRA's alpha / r, its scaling (128: as RATES)")
     parser.add_argument("--batch_size", type=count, default=32, help="pairs per step")
     parser.add_argument("--eval_every", type=count, default=100, help="steps between accuracy checkpoints")
-    parser.add_argument("--sv_threshold", type=float, default=0.1, help="singular values counted above this (§6.1)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="auto: bf16 if it can")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the training step")

@@ -32,6 +32,7 @@ import time
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mora
@@ -46,8 +47,8 @@ PRESETS = {  # tokens per layer call (small, LLaMA-sized layers), repeats, model
             "gpt2_batch": (4, 128)},
     "quick": {"tokens": (2048, 64), "repeats": 3, "warmup": 1, "model_batch": 16, "dtype": "float32",
               "gpt2_batch": (2, 64)},
-    "gpu": {"tokens": (16384, 8192), "repeats": 20, "warmup": 5, "model_batch": 64, "dtype": "auto",
-            "gpt2_batch": (64, 128), "compile": True},
+    "gpu": {"tokens": (16384, 8192), "repeats": 12, "warmup": 3, "model_batch": 64, "dtype": "auto",
+            "gpt2_batch": (16, 512), "compile": True},
 }
 
 
@@ -218,12 +219,23 @@ def dispatched(fn) -> int:
     return counter.count
 
 
-def gpt2_macs(kind: str, r: int, tokens_per_sequence: int, d: int = 768, n_layer: int = 12, vocab: int = 50257) -> int:
+OURS, HF = "this project's GPT", "HuggingFace GPT-2"  # the two models of the GPT-2-small step
+OUR_SHAPES = lambda d: [(d, d)] * 4 + [(d, 4 * d), (4 * d, d)]  # (in, out): query, key, value, output, up, down
+HF_SHAPES = lambda d: [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)]  # c_attn (q, k, v fused), c_proj, c_fc, c_proj
+
+
+def gpt2_macs(kind: str, r: int, tokens_per_sequence: int, d: int = 768, n_layer: int = 12, vocab: int = 50257,
+              shapes=OUR_SHAPES) -> int:
     """Multiply-adds per token of one GPT-2-small fine-tuning step, forward and backward, by arithmetic: each frozen
     projection in x out twice (forward, input gradient), an adapter three times its forward (forward, input and
-    weight gradients), attention's scores and values 2 T d forward and twice that backward, the frozen head twice."""
-    total = n_layer * 3 * 2 * tokens_per_sequence * d + 2 * vocab * d
-    for n_in, n_out in [(d, d)] * 4 + [(d, 4 * d), (4 * d, d)]:
+    weight gradients), attention's scores and values 2 T d forward and twice that backward, the frozen head twice.
+    kind "full": every projection and the head (tied to the embedding) trained, three times their forward."""
+    trained = kind == "full"
+    total = n_layer * 3 * 2 * tokens_per_sequence * d + (3 if trained else 2) * vocab * d
+    for n_in, n_out in shapes(d):
+        if trained:  # forward, input gradient, and the weight's own gradient
+            total += n_layer * 3 * n_in * n_out
+            continue
         if kind == "lora":
             adapter = r * (n_in + n_out)
         else:
@@ -234,26 +246,82 @@ def gpt2_macs(kind: str, r: int, tokens_per_sequence: int, d: int = 768, n_layer
     return total
 
 
+class CausalLM(nn.Module):
+    """A HuggingFace causal LM as train.train_step calls a model: (x, y) -> (logits, loss over every position)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y):
+        logits = self.model(input_ids=x).logits
+        return logits, F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+
+def hf_contenders(kinds, n_layer: int, d: int, vocab: int, length: int) -> dict:
+    """HuggingFace's GPT-2 (random init, no dropout, as this project's GPT) with PEFT's LoRA when peft is importable
+    (the peer: fan_in_fan_out for GPT-2's Conv1D, alpha 2r, no dropout), and with this project's adapters: name ->
+    (model, adapter kind). Empty without transformers: both packages are optional."""
+    try:
+        import transformers
+    except ImportError:
+        return {}
+    targets, models = ["c_attn", "c_proj", "c_fc"], {}
+
+    def gpt2():
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(vocab_size=vocab, n_positions=length, n_embd=d, n_layer=n_layer,
+                                         n_head=d // 64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                         bos_token_id=vocab - 1, eos_token_id=vocab - 1)
+        return transformers.GPT2LMHeadModel(config)
+    try:
+        import peft
+        config = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets, fan_in_fan_out=True)
+        models["peft lora"] = (CausalLM(peft.get_peft_model(gpt2(), config)), "lora")
+    except ImportError:
+        pass
+    for kind in kinds:
+        kwargs = {} if kind == "lora" else {"compress": kind}
+        models[kind] = (CausalLM(mora.add_adapters(gpt2(), "lora" if kind == "lora" else "mora", 8, targets,
+                                                   **kwargs)), kind)
+    return models
+
+
 def gpt2_step_bench(preset, device, n_layer: int = 12, d: int = 768, vocab: int = 50257,
-                    kinds: tuple[str, ...] = ("lora", *mora.COMPRESSIONS)) -> list[dict]:
-    """One fine-tuning step (train.train_step, AdamW) of a GPT-2-small-shaped model per adapter, interleaved; with
-    preset["compile"], the timed models are torch.compile'd (the operation counts stay eager: a compiled step fuses
-    them, which is the point)."""
+                    kinds: tuple[str, ...] = ("lora", *mora.COMPRESSIONS), peers: bool = True) -> list[dict]:
+    """One fine-tuning step (train.train_step, AdamW) at GPT-2-small's shapes, as people run it: eager and, with
+    preset["compile"], compiled too, every contender timed interleaved. Contenders: this project's GPT with each adapter
+    and with every weight trainable (full); with peers, HuggingFace's GPT-2 with PEFT's LoRA (when peft is importable)
+    and with this project's adapters (when transformers is). A row: ms, the ratio to LoRA's step in the same model
+    and mode (PEFT's for HuggingFace's model, when present), the same ratio of multiply-adds (the floor arithmetic
+    sets), the step's own peak CUDA memory, and, for this project's GPT, the operations it dispatches eager (on a GPU
+    each is a kernel launch) per step and per d x d layer's forward + backward under bf16 autocast."""
     _, ctx, dtype = setup_device(str(device), preset["dtype"])
     batch, length = preset["gpt2_batch"]
     x, y = (torch.randint(0, vocab, (batch, length), device=device) for _ in range(2))  # random tokens: cost only
-    steps, eager_steps = [], []
-    for kind in kinds:
+    contenders = {}  # (model, adapter) -> (module, optimizer, multiply-adds per token)
+    for kind in ("full", *kinds):
         torch.manual_seed(0)
         model = GPT(GPTConfig(block_size=length, vocab_size=vocab, n_layer=n_layer, n_head=d // 64, n_embd=d))
-        kwargs = {} if kind == "lora" else {"compress": kind}
-        mora.add_adapters(model, "lora" if kind == "lora" else "mora", 8, GPT2_TARGETS, **kwargs)
+        if kind != "full":
+            kwargs = {} if kind == "lora" else {"compress": kind}
+            mora.add_adapters(model, "lora" if kind == "lora" else "mora", 8, GPT2_TARGETS, **kwargs)
         model.to(device)
         optimizer = model.configure_optimizers(0.0, 1e-3, (0.9, 0.99), device.type)
-        for models, timed_model in ((steps, torch.compile(model) if preset.get("compile") else model),
-                                    (eager_steps, model)):
-            models.append(lambda m=timed_model, opt=optimizer: train.train_step(m, opt, [(x, y)], ctx, 1e-3, 1.0))
-    times = timed(steps, device, preset["repeats"], preset["warmup"])
+        contenders[OURS, kind] = model, optimizer, gpt2_macs(kind, 8, length, d, n_layer, vocab)
+    for name, (model, kind) in (hf_contenders(kinds, n_layer, d, vocab, length) if peers else {}).items():
+        model.to(device)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.99),
+                                      fused=device.type == "cuda")
+        contenders[HF, name] = model, optimizer, gpt2_macs(kind, 8, length, d, n_layer, vocab,
+                                                                             HF_SHAPES)
+    # compiled too, with preset["compile"]: this project's adapters only (a 12-block compile takes about a minute)
+    compiles = lambda family, kind: preset.get("compile") and family == OURS and kind != "full"
+    modes = lambda family, kind: [False, True] if compiles(family, kind) else [False]
+    steps = {(family, kind, compiled): (lambda m=(torch.compile(model) if compiled else model), opt=optimizer:
+                                        train.train_step(m, opt, [(x, y)], ctx, 1e-3, 1.0))
+             for (family, kind), (model, optimizer, _) in contenders.items() for compiled in modes(family, kind)}
+    times = dict(zip(steps, timed(list(steps.values()), device, preset["repeats"], preset["warmup"])))
     layer_x = torch.randn(batch, length, d, device=device, requires_grad=True)
 
     def layer_ops(kind: str, dense: bool | None) -> int:  # one d x d layer's forward + backward under bf16 autocast
@@ -261,28 +329,36 @@ def gpt2_step_bench(preset, device, n_layer: int = 12, d: int = 768, vocab: int 
         with torch.autocast(device.type, dtype=torch.bfloat16):
             return dispatched(lambda: layer(layer_x).float().sum().backward())
 
-    rows = [{"kind": "frozen layer", "ops_per_layer": layer_ops("base", None)}]
-    for kind, step, ms in zip(kinds, eager_steps, times):
-        rows.append({"kind": kind, "dtype": dtype, "compiled": bool(preset.get("compile")), "ms_per_step": ms,
-                     "macs_per_token": gpt2_macs(kind, 8, length), "ops_per_step": dispatched(step),
-                     "ops_per_layer": layer_ops(kind, False)})
+    rows = [{"model": OURS, "kind": "frozen layer", "ops_per_layer": layer_ops("base", None)}]
+    for (family, kind, compiled), step in steps.items():
+        reference = ("peft lora" if (family, "peft lora") in contenders else "lora", compiled)
+        ours = family == OURS
+        rows.append({"model": family, "kind": kind, "dtype": dtype, "compiled": compiled,
+                     "ms_per_step": times[family, kind, compiled],
+                     "step_over_lora": times[family, kind, compiled] / times[(family, *reference)],
+                     "floor_over_lora": contenders[family, kind][2] / contenders[family, reference[0]][2],
+                     "macs_per_token": contenders[family, kind][2], "peak_cuda_mb": step_peak_cuda_mb(step, device),
+                     "ops_per_step": dispatched(step) if ours and not compiled else None,
+                     "ops_per_layer": layer_ops(kind, False) if ours and not compiled and kind != "full" else None})
     return rows
 
 
 def print_gpt2(rows: list[dict]) -> None:
-    print("\nFine-tuning step of a GPT-2-small-shaped model, every projection adapted at r=8 (random init)\n")
-    print("| adapter | dtype | compiled | ms/step | step / LoRA | floor / LoRA (multiply-adds) | ops per step (eager) "
-          "| ops per 768x768 layer, bf16 | layer ops / LoRA's |")
-    print("|---" * 9 + "|")
-    lora = next(row for row in rows if row["kind"] == "lora")
+    print("\nFine-tuning step at GPT-2-small's shapes, every projection adapted at r=8, random init\n")
+    print("| model | adapter | dtype | compiled | ms/step | step / LoRA | floor / LoRA (multiply-adds) | peak CUDA MB "
+          "| ops per step (eager) | ops per d x d layer, bf16 | layer ops / LoRA's |")
+    print("|---" * 11 + "|")
+    lora_layer = next(row["ops_per_layer"] for row in rows if row["kind"] == "lora" and row["ops_per_layer"])
     for row in rows:
-        layer_ratio = f"{row['ops_per_layer'] / lora['ops_per_layer']:.2f}"
-        if "ms_per_step" not in row:
-            print(f"| {row['kind']} | — | — | — | — | — | — | {row['ops_per_layer']} | {layer_ratio} |")
+        step_ops = "—" if row.get("ops_per_step") is None else f"{row['ops_per_step']:,}"
+        layer = ("— | —" if row["ops_per_layer"] is None else
+                 f"{row['ops_per_layer']} | {row['ops_per_layer'] / lora_layer:.2f}")
+        if "ms_per_step" not in row:  # the frozen layer: its operations only
+            print(f"| {row['model']} | {row['kind']} | — | — | — | — | — | — | — | {layer} |")
             continue
-        print(f"| {row['kind']} | {row['dtype']} | {'yes' if row['compiled'] else 'no'} | {row['ms_per_step']:.0f} | "
-              f"{row['ms_per_step'] / lora['ms_per_step']:.2f} | {row['macs_per_token'] / lora['macs_per_token']:.2f} "
-              f"| {row['ops_per_step']:,} | {row['ops_per_layer']} | {layer_ratio} |")
+        print(f"| {row['model']} | {row['kind']} | {row['dtype']} | {'yes' if row['compiled'] else 'no'} | "
+              f"{row['ms_per_step']:.1f} | {row['step_over_lora']:.2f} | {row['floor_over_lora']:.2f} | "
+              f"{fmt(row['peak_cuda_mb'], 0)} | {step_ops} | {layer} |")
 
 
 def gpt2_memory(rank: int = 8) -> list[dict]:

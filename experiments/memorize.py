@@ -93,8 +93,8 @@ def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, d
                 "lr": lr, "seed": seed, "code": code_digest(args.compress if method == "mora" else "auto", uuid=True),
                 "compress": args.compress if method == "mora" else None,  # each method's own knobs only
                 "alpha_r": args.alpha_r if method == "lora" else None,
-                **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "dtype", "sv_threshold",
-                                                 "compile", "min_lr_ratio")}}
+                **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "dtype", "compile",
+                                                 "min_lr_ratio")}}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = os.path.join("out", "uuid", "runs", f"{method}-r{rank}-lr{lr:g}-seed{seed}-{key}.json")
     if os.path.exists(path):
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"minutes, compilation aside")
 
     def run(method, rank, lr, alpha, seed, label):  # alpha: LoRA's, a multiple of r (None for the others)
-        flags = argparse.Namespace(**{**vars(args), "alpha_r": alpha})
+        flags = argparse.Namespace(**{**vars(args), **({"alpha_r": alpha} if method == "lora" else {})})
         return cached_run(base, method, rank or 8, lr, seed, flags, device, ctx, label)
 
     groups, tuning, all_runs = {}, [], []

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny BPE tokenizer built offline, a tiny HuggingFace GPT-2 saved to a folder, a working folder
 with a barely pretrained base model for the UUID experiment."""
 
+import functools
 import os
 import sys
 
@@ -10,11 +11,31 @@ import torch
 
 import train
 
-# The suite checks float32 arithmetic on the CPU, exactly in places, as CI runs it: on a machine with a GPU, device
-# "auto" must still mean the CPU. So CUDA is hidden from this process and the scripts it starts, MPS from this one
-# (the scripts whose device matters get --device cpu). The GPU path has its own check: python -m experiments.gpu_check
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
-torch.backends.mps.is_available = lambda: False
+
+
+def pytest_addoption(parser):
+    parser.addoption("--gpu", action="store_true", help="run only the GPU tests (marked gpu), on CUDA; about 3 "
+                     "minutes on one H200. GPU_TESTS_DEVICE=cpu runs them on the CPU instead (their code path)")
+
+
+def pytest_configure(config):
+    """The suite checks float32 arithmetic on the CPU, exactly in places, as CI runs it: on a machine with a GPU, device
+    "auto" must still mean the CPU. So CUDA is hidden from this process and the scripts it starts (before anything
+    asks torch for a GPU), MPS from this one (the scripts whose device matters get --device cpu). --gpu turns this
+    around: only the tests marked gpu run, on the GPU."""
+    config.addinivalue_line("markers", "gpu: a GPU test: runs with --gpu only, on CUDA (tests/test_gpu.py)")
+    if not config.getoption("--gpu"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    no_mps = functools.wraps(torch.backends.mps.is_available)(lambda: False)  # torch 2.15's dynamo reads __wrapped__
+    torch.backends.mps.is_available = no_mps
+
+
+def pytest_collection_modifyitems(config, items):
+    wanted = config.getoption("--gpu")
+    skipped = [item for item in items if (item.get_closest_marker("gpu") is not None) != wanted]
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = [item for item in items if item not in skipped]
 
 # A few merges over the bytes, so that tokens are not one byte each and UUIDs split unevenly.
 MERGES = [b"4a", b"-4", b"ab", b"12", b"c3", b"f0", b"9d", b"e ", b"th", b"the", b"in", b"ab12", b"-8", b"00"]

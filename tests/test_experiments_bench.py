@@ -69,25 +69,48 @@ def test_dispatch_count_counts_operations_not_views():
 def test_gpt2_floor_by_hand():
     """Per token and block, adapters forward + backward (3x forward): LoRA r=8 on 4 x (768x768) + 768x3072 + 3072x768
     is 3 * 8 * (4 * 1536 + 2 * 3840) = 331,776; MoRA rotate (r^ 110, 174, 174 over 7, 5 and 18 blocks) is
-    3 * (4 * 7 * 110^2 + 5 * 174^2 + 18 * 174^2) = 3,105,444; sharing (r^ 111, 175, 175, one block) 331,602."""
+    3 * (4 * 7 * 110^2 + 5 * 174^2 + 18 * 174^2) = 3,105,444; sharing (r^ 111, 175, 175, one block) 331,602.
+    HuggingFace's GPT-2 fuses query, key and value into one 768 -> 2304 layer: LoRA there is 3 * 8 * (3072 + 1536 +
+    3840 + 3840) = 294,912. Full fine-tuning trains every projection (a third pass each, 3 * 7,077,888 in all, as
+    ours has 4 x 768^2 + 2 x 768 x 3072 weights) and the head tied to the embedding (a third pass, 50257 x 768)."""
     lora = bench.gpt2_macs("lora", 8, 128)
     assert bench.gpt2_macs("rotate", 8, 128) - lora == 12 * (3_105_444 - 331_776)
     assert bench.gpt2_macs("share", 8, 128) - lora == 12 * (331_602 - 331_776)
     assert 1.12 < bench.gpt2_macs("rotate", 8, 128) / lora < 1.14  # the floor: MoRA rotate pays 13% more arithmetic
+    assert bench.gpt2_macs("lora", 8, 128, shapes=bench.HF_SHAPES) - lora == 12 * (294_912 - 331_776)
+    assert bench.gpt2_macs("full", 8, 128) - lora == 12 * (7_077_888 - 331_776) + 50257 * 768
 
 
-def test_gpt2_step_bench_reports_every_adapter(capsys):
-    rows = bench.gpt2_step_bench(dict(TINY, gpt2_batch=(2, 16)), torch.device("cpu"), n_layer=1, d=64, vocab=100)
-    assert [row["kind"] for row in rows] == ["frozen layer", "lora", *bench.mora.COMPRESSIONS]
-    assert all(row["ms_per_step"] > 0 and row["ops_per_step"] > row["ops_per_layer"] > rows[0]["ops_per_layer"]
-               for row in rows[1:])
-    for row in rows:  # each layer counted alone, on an input with no gradient from the layers counted before it
+def test_gpt2_step_bench_reports_every_contender(capsys):
+    rows = bench.gpt2_step_bench(dict(TINY, gpt2_batch=(2, 16), compile=True), torch.device("cpu"), n_layer=1, d=64,
+                                 vocab=100, kinds=("lora", "share", "rotate"))
+    ours = [(row["kind"], row.get("compiled")) for row in rows if row["model"] == bench.OURS]
+    assert ours == [("frozen layer", None), ("full", False), ("lora", False), ("lora", True), ("share", False),
+                    ("share", True), ("rotate", False), ("rotate", True)]  # full training is timed eager only
+    peers = [row["kind"] for row in rows if row["model"] == bench.HF]
+    try:
+        import transformers  # noqa: F401 (both peers are optional)
+    except ImportError:
+        assert peers == []
+    else:
+        assert peers[-3:] == ["lora", "share", "rotate"] and peers[:-3] in ([], ["peft lora"])
+    timed_rows = [row for row in rows if "ms_per_step" in row]
+    assert all(row["ms_per_step"] > 0 and row["peak_cuda_mb"] is None for row in timed_rows)  # no CUDA here
+    for row in timed_rows:  # the ratio is to LoRA's step in the same model and mode (PEFT's, for the peers)
+        reference = "peft lora" if row["model"] == bench.HF and "peft lora" in peers else "lora"
+        lora = next(r for r in timed_rows if (r["model"], r["kind"], r["compiled"]) == (row["model"], reference,
+                                                                                         row["compiled"]))
+        assert row["step_over_lora"] == row["ms_per_step"] / lora["ms_per_step"]
+        assert row["floor_over_lora"] == row["macs_per_token"] / lora["macs_per_token"]
+    for row in [r for r in rows if r["ops_per_layer"] is not None]:  # each layer counted alone, on an input with no
         layer, x = bench.make_layer(row["kind"].replace("frozen layer", "base"), 64, 64, 8, "cpu", dense=False), \
-            torch.randn(2, 16, 64, requires_grad=True)
+            torch.randn(2, 16, 64, requires_grad=True)  # gradient from the layers counted before it
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert row["ops_per_layer"] == bench.dispatched(lambda: layer(x).float().sum().backward()), row["kind"]
     bench.print_gpt2(rows)
-    assert "| rotate | float32 | no |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| this project's GPT | rotate | float32 | yes |" in out
+    assert "| this project's GPT | full | float32 | no |" in out
 
 
 def test_mora_dispatches_at_most_one_and_a_half_times_loras_operations():
