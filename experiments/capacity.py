@@ -1,231 +1,331 @@
 """
-Memorization at convergence: how many bits of UUID per trainable parameter each method holds once its runs stop
-improving (the capacity curve: more pairs, or a smaller rank), and which update rank does the work at equal
-parameters (the ladder of compressions). memorize_uuid.py's runs, trained for --epochs passes over the pairs (a
-larger set trains longer) at a constant rate after warmup, unless --min_lr_ratio decays it.
+What each method holds at a plateau (issue 28): memorize_uuid.py's UUID runs along the number of pairs at one rank,
+every method at its best at every point (LoRA: alpha x rate; MoRA rotate and share: rate; full fine-tuning, the
+ceiling: rate), each run trained until it stops improving; then the ladder of compressions where rotate's lead over
+LoRA is widest. Parts: each invocation trains what is left and fits --minutes, then stops; run it again to go on.
 
-    python -m experiments.capacity --pair_counts 64                       # one point of the curve, seeds 1, 2, 3
-    python -m experiments.capacity --pair_counts 64,256,1024 --tag curve  # the curve (finished runs are reused)
-    python -m experiments.capacity --ranks 1,4 --lrs lora=2e-3:1e-3,mora=1e-1:5e-2,full=3e-3  # a rate per rank
-    python -m experiments.capacity --ladder --pair_counts 64              # every compression, and LoRA at r = r^
+    python -m experiments.capacity --preset cpu       # the 2-core CPU: parts of 45 minutes (two worker processes)
+    python -m experiments.capacity --preset gpu       # one H200: parts of 9 minutes, base included (not run yet)
+    python -m experiments.capacity --preset gpu --pack capacity-gpu.tar.gz     # the runs and base in one file
+    python -m experiments.capacity --unpack capacity-gpu.tar.gz                # on the machine they travel to
+    python -m experiments.capacity --preset toy --device cpu                   # the whole study in seconds (a test)
 
-The estimate printed first is arithmetic (steps x the seconds a step takes, --step_s); each finished run is cached
-under out/uuid/runs/ (memorize's cache, keyed by everything that determines it), so a sweep stopped at any point
-continues. A run has stopped improving when it memorized (>= 99% of the characters right) or converged (its loss
-over the last quarter of checkpoints moved by less than --flat, a fraction, and ended below half its first value); a
-run whose accuracy never left the format floor was too short to tell. Results: tables on stdout,
-out/uuid/<tag>/capacity.json and, with matplotlib, out/uuid/<tag>/capacity.png.
+A part prints its estimate first: the runs it will train, of those left in the current stage. Stages, each read from
+the run cache of the one before: (1) tuning at every point on two tuning seeds, never reported, at the report's step
+budget, by the final character accuracy (harness.pick notes a pick at an edge, flat or at the floor); (2) the reported
+seeds at each pick; (3) the ladder's tuning at the point where rotate - LoRA is widest, and (4) its reported seeds.
+Then the tables (stdout and out/uuid/<tag>/capacity.json), the paired differences, and with matplotlib the figure.
+
+The measure: a run is offered pairs x 122 random bits (a version-4 UUID's 128, less the 6 its version and variant
+fix) per trainable parameter. It stores (exact) its exactly recalled pairs x 122, or (characters) pairs x 122 x the
+fraction of the characters above the format floor that it gets right, (acc - floor) / (1 - floor): a proxy, not an
+information measure. A run stopped improving when it memorized (>= 99% of the characters) or plateaued (its accuracy
+moved by less than --flat over the last quarter of its checkpoints); one never 2 points above the floor is at the
+floor, however flat. Every run decays its rate to a tenth (memorize_uuid's cosine) over epochs x pairs / batch steps.
 """
 
 import argparse
 import math
 import os
 import statistics
+import tarfile
+import time
 
 import memorize_uuid
 import mora
 import train
 from model import setup_device
-from experiments.harness import (interval_text, paired_difference, pyplot, run_main, save_figure, spread, spread_text,
-                                 write_json)
-from experiments.memorize import cached_run, load_base, pct
+from experiments import many
+from experiments.harness import (interval_text, paired_difference, pick, pyplot, run_main, save_figure, spread,
+                                 spread_text, write_json)
+from experiments.memorize import cached_result, load_base, pct
 
-DONE = ("memorized", "converged")  # the runs that stopped improving
-BITS_PER_PAIR = 122  # the value's random bits: a version-4 UUID's 128 less the 6 that fix its version and variant
-# label: (memorize_uuid method, compression or None, the rank it trains at: "r", each of --ranks, or "r_hat", LoRA at
-# MoRA-share's r^ for that budget; None for full fine-tuning)
-CURVE = {"lora": ("lora", None, "r"), "mora share": ("mora", "share", "r"), "mora rotate": ("mora", "rotate", "r"),
-         "full": ("full", None, None)}
-LADDER = {"lora": ("lora", None, "r"), **{f"mora {c}": ("mora", c, "r") for c in mora.COMPRESSIONS},
-          "lora r=r^": ("lora", None, "r_hat")}
+BITS_PER_PAIR = 122
+METHODS = {"lora": ("lora", None), "mora rotate": ("mora", "rotate"), "mora share": ("mora", "share"),
+           "full": ("full", None)}  # label: (memorize_uuid method, compression)
+LADDER = {"lora": ("lora", None), **{f"mora {c}": ("mora", c) for c in mora.COMPRESSIONS}}
+GRID = (0.25, 0.5, 1, 2, 4)  # tuning grids: each method's demo rate (memorize_uuid.RATES, scaled) times these
+PRESETS = {  # rates: memorize_uuid.RATES (picked at r=8, 64 pairs, 1,200 steps) times GRID; LoRA's alpha around 128r
+    "cpu": {"base": None, "rank": 4, "points": "8,16,32,64", "epochs": 400, "alphas": "32,128,512",
+            "grid": "0.5,1,2", "workers": 2, "runs": 1, "minutes": 45, "steps_per_s": 14.0, "device": "cpu",
+            "dtype": "float32"},
+    "gpu": {"base": None, "rank": 8, "points": "32,64,128,256,512,1024", "epochs": 1000, "alphas": "32,128,512",
+            "grid": "0.25,0.5,1,2,4", "workers": 4, "runs": 32, "minutes": 9, "steps_per_s": 3000.0,
+            "device": "cuda", "dtype": "bfloat16"},
+    "toy": {"base": None, "rank": 2, "points": "4,8", "epochs": 2, "alphas": "32,128", "grid": "1,2",
+            "workers": 1, "runs": 2, "minutes": 60, "steps_per_s": 100.0, "device": "cpu", "dtype": "float32"},
+}
+TOY_BASE = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "80", "--max_iters", "4",
+            "--batch_size", "4", "--eval_iters", "1", "--eval_interval", "4"]
 
 
 def steps_for(pairs: int, args) -> int:
-    return args.epochs * math.ceil(pairs / args.batch_size)
+    return max(1, args.epochs * pairs // args.batch_size)
 
 
-def loss_checkpoints(run: dict) -> tuple[float, float, float] | None:
-    """The training loss at the first checkpoint, where the last quarter of checkpoints starts, and at the end."""
-    losses = [point["loss"] for point in run["curve"] if point["loss"] is not None]
-    return (losses[0], losses[-max(2, len(losses) // 4)], losses[-1]) if len(losses) >= 2 else None
+def run_flags(args, pairs: int, method: str, compress: str | None, alpha_r: float | None) -> argparse.Namespace:
+    """memorize_uuid's flags for one point and method: the steps follow the pairs, 20 checkpoints a run."""
+    steps = steps_for(pairs, args)
+    return argparse.Namespace(**{**vars(args), "pairs": pairs, "steps": steps, "eval_every": max(1, steps // 20),
+                                 "compress": compress or "rotate", "alpha_r": alpha_r or 128.0,
+                                 "min_lr_ratio": 0.1, "methods": method, "deadline": None})
 
 
-def convergence(run: dict, floor: float, flat: float) -> str:
-    """'memorized' (>= 99% of the characters: nothing left to learn), 'converged' (the loss flat over the last quarter
-    of checkpoints, well below its start), 'still improving', or 'at the floor' (never left it: too short to tell).
-    The loss covers the keys too (--loss_on all), which keep improving after every value is right: hence 'memorized'."""
-    if run["curve"][-1]["char_acc"] >= 0.99:
+def grid_of(method: str, args) -> list[float]:
+    base_rate = dict(item.split("=") for item in memorize_uuid.RATES.split(","))[method]
+    return [float(base_rate) * float(f) for f in args.grid.split(",")]
+
+
+def specs(points: list[int], labels: dict, args, seeds: list[int], picks: dict | None) -> list[dict]:
+    """Every run of a stage: tuning (picks None: each label's grid on the tuning seeds) or reporting (each label at its
+    pick, on the reported seeds). A run: its point, label, flags, method, rank, rate, seed."""
+    runs = []
+    for pairs in points:
+        for label, (method, compress) in labels.items():
+            alphas = [float(a) for a in args.alphas.split(",")] if method == "lora" else [None]
+            combos = [picks[pairs, label]] if picks else [(lr, a) for a in alphas for lr in grid_of(method, args)]
+            runs += [{"pairs": pairs, "label": label, "args": run_flags(args, pairs, method, compress, alpha),
+                      "method": method, "rank": args.rank, "lr": lr, "seed": seed, "alpha_r": alpha}
+                     for lr, alpha in combos for seed in seeds]
+    return runs
+
+
+def results_of(runs: list[dict], base: dict, device) -> list[dict | None]:
+    return [cached_result(base, r["method"], r["rank"], r["lr"], r["seed"], r["args"], device) for r in runs]
+
+
+def train_part(pending: list[dict], args, deadline: float) -> None:
+    """Trains, in --workers processes of --runs batched runs each, the pending runs that fit before the deadline
+    (estimated: steps over --steps_per_s, plus a sixth for the checkpoints); prints the estimate first."""
+    seconds = lambda run: 7 / 6 * run["args"].steps / args.steps_per_s
+    chosen, total = [], 0.0
+    for run in pending:
+        if time.time() + total + seconds(run) > deadline and chosen:
+            break
+        chosen.append(run)
+        total += seconds(run)
+    left = sum(map(seconds, pending)) - total
+    print(f"this part: {len(chosen)} of the stage's {len(pending)} runs left, about {total / 60:.0f} minutes at "
+          f"{args.steps_per_s:g} steps/s ({args.workers} process(es) x {args.runs} batched); then about "
+          f"{left / 60:.0f} minutes more in this stage", flush=True)
+    many.train_jobs(many.jobs_for(chosen, f"capacity-{args.preset}", args.runs), args.workers)
+
+
+def stopped(run: dict, floor: float, flat: float) -> str:
+    """'memorized', 'plateau', 'at the floor' (never 2 points above it) or 'still improving': see the docstring."""
+    accuracy = [point["char_acc"] for point in run["curve"]]
+    if accuracy[-1] >= 0.99:
         return "memorized"
-    if max(point["char_acc"] for point in run["curve"]) <= floor + 0.02:
+    if max(accuracy) <= floor + 0.02:
         return "at the floor"
-    losses = loss_checkpoints(run)
-    if losses is None:
-        return "still improving"
-    first, tail, last = losses
-    moved = (tail - last) / tail if tail > 0 else 0.0
-    return "converged" if moved < flat and last < 0.5 * first else "still improving"
+    tail = accuracy[-max(2, len(accuracy) // 4):]
+    return "plateau" if max(tail) - min(tail) < flat else "still improving"
 
 
-def bits_per_parameter(pairs: int, run: dict) -> float:
-    return pairs * BITS_PER_PAIR / run["trainable_params"]
+def stored_bits(run: dict, pairs: int, floor: float) -> tuple[float, float]:
+    """(exact, characters): bits per trainable parameter, by the docstring's formulas."""
+    end = run["curve"][-1]
+    above = max(0.0, (end["char_acc"] - floor) / (1 - floor))
+    per_parameter = pairs * BITS_PER_PAIR / run["trainable_params"]
+    return end["exact_match"] * per_parameter, above * per_parameter
 
 
-def effective_rank(run: dict) -> float:  # mean over the adapted layers; size-independent (entropy of the spectrum)
-    stats = [s for s in run["spectra"].values() if s is not None]
-    return statistics.fmean(s["effective_rank"] for s in stats) if stats else math.nan
+def tuning_picks(runs: list[dict], found: list[dict], args) -> tuple[dict, list[str]]:
+    """Each (point, label)'s pick by the mean final accuracy over the tuning seeds, and its tuning line."""
+    scores, picks, lines = {}, {}, []
+    for run, result in zip(runs, found):
+        scores.setdefault((run["pairs"], run["label"]), {}).setdefault((run["lr"], run["alpha_r"]), []).append(
+            result["curve"][-1]["char_acc"])
+    alphas = [float(a) for a in args.alphas.split(",")]
+    for (pairs, label), by_combo in scores.items():
+        grid = sorted({lr for lr, _ in by_combo})
+        floor = statistics.fmean(r["format_floor"] for run, r in zip(runs, found) if run["pairs"] == pairs)
+        picks[pairs, label], notes = pick(by_combo, grid, alphas, 0.02, floor=floor)
+        shown = ", ".join(f"{'/'.join(pct(x) for x in s)}% at {lr:g}" + (f" alpha {a:g}r" if a else "")
+                          for (lr, a), s in by_combo.items())
+        lr, alpha = picks[pairs, label]
+        lines.append(f"{pairs} pairs, {label}: final accuracy {shown}; picked {lr:g}"
+                     + (f" alpha {alpha:g}r" if alpha else "") + "".join(f". NOTE: {n}" for n in notes))
+    return picks, lines
 
 
-def report(rows: dict, floors: dict) -> list[str]:
-    lines = ["| pairs (format floor) | r | method | trainable | bits per parameter | lr | steps | final char acc (%) | "
-             "final exact match (%) | stays >= 90% from step | loss: first, last quarter, end | effective rank of dW | "
-             "stopped improving |", "|---" * 13 + "|"]
-    for (pairs, rank, label), runs in rows.items():
-        acc = spread([r["curve"][-1]["char_acc"] for r in runs])
-        exact = spread([r["curve"][-1]["exact_match"] for r in runs])
+def report(rows: dict, args) -> list[str]:
+    """rows: (pairs, label) -> {"runs": reported runs, "floor"}: the table and the paired differences against LoRA."""
+    lines = ["| pairs (floor %) | method | trainable | offered bits/param | lr | final char acc (%) | exact (%) | "
+             "stored bits/param: exact | : characters | stays >= 90% from step | stopped improving |",
+             "|---" * 11 + "|"]
+    for (pairs, label), row in rows.items():
+        runs, floor = row["runs"], row["floor"]
+        bits = [stored_bits(r, pairs, floor) for r in runs]
+        states = [stopped(r, floor, args.flat) for r in runs]
         reach = [memorize_uuid.sustained_step(r["curve"], 0.9) for r in runs]
-        losses = [loss_checkpoints(r) for r in runs]
-        losses = ", ".join(f"{statistics.fmean(x):.3f}" for x in zip(*losses)) if None not in losses else "-"
-        states = [r["convergence"] for r in runs]
         first = runs[0]
-        lines.append(f"| {pairs} ({pct(floors[pairs])}) | {rank or '-'} | {label} | {first['trainable_params']:,} | "
-                     f"{bits_per_parameter(pairs, first):.2f} | {first['lr']:g} | {first['curve'][-1]['step']} | "
-                     f"{spread_text(acc, pct)} | {spread_text(exact, pct)} | "
-                     f"{', '.join('-' if s is None else str(s) for s in reach)} | {losses} | "
-                     f"{statistics.fmean(effective_rank(r) for r in runs):.1f} | "
-                     f"{sum(s in DONE for s in states)}/{len(states)} ({', '.join(sorted(set(states)))}) |")
-    against_lora = [(p, r, label) for p, r, label in rows if label != "lora" and (p, r, "lora") in rows]
-    if against_lora:
-        lines += ["", "Paired difference against LoRA at the same budget of the final character accuracy (points):",
-                  "", "| pairs | r | method - lora | mean | 95% interval | min-max | per seed |", "|---" * 7 + "|"]
-    for pairs, rank, label in against_lora:
-        final = {name: [r["curve"][-1]["char_acc"] for r in rows[pairs, rank, name]] for name in (label, "lora")}
-        d = paired_difference(final[label], final["lora"])
-        lines.append(f"| {pairs} | {rank} | {label} - lora | {pct(d['mean'])} | {interval_text(d, pct)} | "
-                     f"{pct(d['min'])} to {pct(d['max'])} | {', '.join(pct(x) for x in d['diffs'])} |")
+        lr = f"{first['lr']:g}" + (f" (alpha {first['alpha'] / first['rank']:g}r)" if first["alpha"] else "")
+        lines.append(f"| {pairs} ({pct(floor)}) | {label} | {first['trainable_params']:,} | "
+                     f"{pairs * BITS_PER_PAIR / first['trainable_params']:.2f} | {lr} | "
+                     f"{spread_text(spread([r['curve'][-1]['char_acc'] for r in runs]), pct)} | "
+                     f"{spread_text(spread([r['curve'][-1]['exact_match'] for r in runs]), pct, with_range=False)} | "
+                     f"{spread_text(spread([b[0] for b in bits]), '{:.3f}'.format, with_range=False)} | "
+                     f"{spread_text(spread([b[1] for b in bits]), '{:.3f}'.format)} | "
+                     f"{', '.join('-' if s is None else str(s) for s in reach)} | "
+                     f"{sum(s in ('memorized', 'plateau') for s in states)}/{len(states)} "
+                     f"({', '.join(sorted(set(states)))}) |")
+    lines += ["", "Paired against LoRA at the same point, by seed: final character accuracy (points) and stored bits "
+                  "per parameter (characters):", "", "| pairs | method - lora | accuracy: mean | 95% interval | "
+                  "per seed | bits/param: mean | 95% interval |", "|---" * 7 + "|"]
+    for (pairs, label), row in rows.items():
+        if label in ("lora", "full") or (pairs, "lora") not in rows:
+            continue
+        lora = rows[pairs, "lora"]
+        acc = paired_difference(*([r["curve"][-1]["char_acc"] for r in x["runs"]] for x in (row, lora)))
+        bits = paired_difference(*([stored_bits(r, pairs, x["floor"])[1] for r in x["runs"]] for x in (row, lora)))
+        lines.append(f"| {pairs} | {label} - lora | {pct(acc['mean'])} | {interval_text(acc, pct)} | "
+                     f"{', '.join(pct(x) for x in acc['diffs'])} | {bits['mean']:.3f} | "
+                     f"{interval_text(bits, '{:.3f}'.format)} |")
     return lines
 
 
-def plot(rows: dict, floors: dict, ladder: bool, path: str) -> bool:
-    """The curve: final accuracy against bits per trainable parameter. The ladder: final accuracy and speed against
-    dW's effective rank."""
+def plot(rows: dict, ladder: dict, path: str) -> bool:
+    """Left: stored against offered bits per parameter (the diagonal: every bit kept). Right: the ladder's final
+    accuracy against the update's effective rank."""
     plt = pyplot()
     if plt is None:
         return False
-    fig, axes = plt.subplots(1, 2 if ladder else 1, figsize=(12 if ladder else 7, 4.5), squeeze=False)
-    n = len(next(iter(rows.values())))
-    seeds, rank_axis = f"{n} seed{'s' if n > 1 else ''}", "effective rank of dW (mean over layers)"
-    last_step = max(r["curve"][-1]["step"] for runs in rows.values() for r in runs)
-    for label in dict.fromkeys(label for *_, label in rows):
-        points = sorted(((statistics.fmean(effective_rank(r) for r in runs) if ladder
-                          else bits_per_parameter(pairs, runs[0]), runs)
-                         for (pairs, _, l), runs in rows.items() if l == label), key=lambda point: point[0])
-        x = [bits for bits, _ in points]
-        finals = [[100 * r["curve"][-1]["char_acc"] for r in runs] for _, runs in points]
-        # a run that never stays >= 90% is drawn at the last step: "not reached by the end"
-        reached = [[memorize_uuid.sustained_step(r["curve"], 0.9) for r in runs] for _, runs in points]
-        steps = [[last_step if step is None else step for step in per_seed] for per_seed in reached]
-        for ax, values, center in zip(axes[0], (finals, steps), (statistics.fmean, statistics.median)):
-            y = [center(v) for v in values]
-            ax.errorbar(x, y, yerr=[[a - min(v) for a, v in zip(y, values)], [max(v) - a for a, v in zip(y, values)]],
-                        marker="o", capsize=3, label=label)
-    accuracy = axes[0][0]
-    if not ladder:
-        for i, floor in enumerate(sorted(set(floors.values()))):
-            accuracy.axhline(100 * floor, ls="--", color="gray", label=None if i else "format floor")
-        accuracy.set_xscale("log")
-    accuracy.set(xlabel=rank_axis if ladder else f"bits of UUID per trainable parameter ({BITS_PER_PAIR} per pair)",
-                 ylabel="final character accuracy (%)", ylim=(0, 101),
-                 title=("Equal parameters" if ladder else f"After {last_step:,} steps") + f": mean, min-max, {seeds}")
-    if ladder:
-        axes[0][1].set(xlabel=rank_axis, ylim=(0, 1.05 * last_step),
-                       ylabel=f"stays >= 90% from step ({last_step}: never)",
-                       title=f"Speed: median and range, {seeds}")
+    fig, (curve, steps) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label in dict.fromkeys(label for _, label in rows):
+        points = sorted((pairs, row) for (pairs, l), row in rows.items() if l == label)
+        offered = [pairs * BITS_PER_PAIR / row["runs"][0]["trainable_params"] for pairs, row in points]
+        stored = [[stored_bits(r, pairs, row["floor"])[1] for r in row["runs"]] for pairs, row in points]
+        mean = [statistics.fmean(s) for s in stored]
+        curve.errorbar(offered, mean, yerr=[[m - min(s) for m, s in zip(mean, stored)],
+                                            [max(s) - m for m, s in zip(mean, stored)]],
+                       marker="o", capsize=3, label=label)
+    top = max(pairs * BITS_PER_PAIR / row["runs"][0]["trainable_params"] for (pairs, _), row in rows.items())
+    curve.plot([1e-3, top], [1e-3, top], ls="--", color="gray", label="every offered bit stored")
+    curve.set(xscale="log", yscale="log", xlabel=f"offered: UUID bits per trainable parameter ({BITS_PER_PAIR} a pair)",
+              ylabel="stored (characters above the floor), bits per parameter",
+              title=f"At the end of each run: mean and min-max over {len(next(iter(rows.values()))['runs'])} seeds")
+    for (pairs, label), row in ladder.items():
+        ranks = [statistics.fmean(s["effective_rank"] for s in r["spectra"].values() if s) for r in row["runs"]]
+        finals = [100 * r["curve"][-1]["char_acc"] for r in row["runs"]]
+        steps.errorbar([statistics.fmean(ranks)], [statistics.fmean(finals)], yerr=[[statistics.fmean(finals) -
+                       min(finals)], [max(finals) - statistics.fmean(finals)]], marker="o", capsize=3, label=label)
+    steps.set(xlabel="effective rank of dW (mean over layers)", ylabel="final character accuracy (%)", ylim=(0, 101),
+              title=f"The ladder at {next(iter(ladder))[0] if ladder else '-'} pairs, equal parameters")
     save_figure(fig, path)
     return True
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
-    memorize_uuid.add_flags(parser)
-    count = train.numeric(int, positive=True)
-    parser.add_argument("--ranks", default="8", help="comma-separated LoRA ranks (MoRA: their budgets); --ladder: one")
-    parser.add_argument("--pair_counts", default="64", help="comma-separated numbers of pairs: the points of the curve")
-    parser.add_argument("--epochs", type=count, default=600, help="passes over the pairs")
-    parser.add_argument("--ladder", action="store_true", help="every compression and LoRA at r = r^, not the curve")
-    parser.add_argument("--labels", help="comma-separated: run only these methods of the curve or ladder ('lora,full')")
-    parser.add_argument("--lrs", default=memorize_uuid.RATES,
-                        help="a rate per method (lora, mora, full) or per label ('mora share=1e-2'), or one per rank "
-                             "('lora=2e-3:1e-3'); default: memorize_uuid.RATES, the demo's (tuned at r=8)")
-    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (not the tuning seed 0)")
-    parser.add_argument("--flat", type=float, default=0.02, help="converged: the loss moved less over the last quarter")
-    parser.add_argument("--step_s", type=float, default=0.15, help="seconds a step takes, for the estimate (the CPU "
-                        "base on one core of this project's CPU: ~0.13, checkpoints included)")
-    parser.add_argument("--tag", default="capacity", help="results folder under out/uuid/")
-    parser.set_defaults(min_lr_ratio=1.0, eval_every=0, pairs=None, steps=None, methods=None)
-    args = parser.parse_args(argv)
-    instead = {"pairs": "--pair_counts 64,256", "steps": "--epochs (steps follow the pairs)", "methods": "--ladder"}
-    for flag, replacement in instead.items():  # memorize_uuid's flags that this sweep sets itself
-        if getattr(args, flag) is not None:
-            parser.error(f"--{flag} {getattr(args, flag)}: this sweep sets it; use {replacement}")
-    if args.min_lr_ratio != 1.0:
-        print(f"note: --min_lr_ratio {args.min_lr_ratio}: the rate decays, so the runs may stop before converging")
-    plan = LADDER if args.ladder else CURVE
-    labels = args.labels.split(",") if args.labels else list(plan)
-    if not set(labels) <= set(plan):
-        unknown = ", ".join(sorted(set(labels) - set(plan)))
-        parser.error(f"--labels {args.labels}: {unknown} is none of {', '.join(plan)}")
-    plan = {label: plan[label] for label in labels}
-    pairs_list, ranks = [int(p) for p in args.pair_counts.split(",")], [int(r) for r in args.ranks.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    if args.ladder and len(ranks) > 1:
-        parser.error(f"--ranks {args.ranks}: the ladder compares compressions at one budget; give one rank")
-    try:  # harness.parse_lrs's form, but split at the last '=': a label may hold one ('lora r=r^=2e-4')
-        rates = {label: [float(x) for x in grid.split(":")] for label, grid in
-                 (item.rsplit("=", 1) for item in args.lrs.split(","))}
-    except ValueError:
-        parser.error(f"--lrs {args.lrs}: write label=rate or label=rate:rate (one per rank), comma-separated")
-    runs_plan = []  # (rank, label, method, compress, which rank it trains at, rate); full fine-tuning runs once
-    for rank in ranks:
-        for label, (method, compress, which) in plan.items():
-            grid = rates.get(label, rates.get(method))
-            if grid is None or len(grid) not in (1, len(ranks)) or (method == "full" and len(grid) > 1):
-                parser.error(f"--lrs {args.lrs}: {label!r} needs one rate" + ("" if method == "full" else
-                             f" or one per rank of --ranks {args.ranks}") + f" (under {label!r} or {method!r})")
-            if method == "full" and rank != ranks[0]:
-                continue
-            runs_plan.append((None if method == "full" else rank, label, method, compress, which,
-                              grid[ranks.index(rank) if len(grid) > 1 else 0]))
-    steps = len(seeds) * len(runs_plan) * sum(steps_for(p, args) for p in pairs_list)
-    print(f"{len(pairs_list) * len(runs_plan) * len(seeds)} runs, {steps:,} steps in all: about "
-          f"{steps * args.step_s / 60:.0f} minutes at {args.step_s} s a step (an estimate; finished runs are reused, "
-          f"and decoding at the checkpoints comes on top)")
+def pack(path: str, base: dict) -> None:
+    """The run cache and the base (run keys hold its weights' digest) in one gzipped tar, written then renamed."""
+    folder = os.path.dirname(base["source"])
+    with tarfile.open(path + ".tmp", "w:gz") as tar:
+        tar.add(os.path.join("out", "uuid", "runs"), arcname="out/uuid/runs")
+        tar.add(folder, arcname=folder)
+    os.replace(path + ".tmp", path)
+    print(f"packed {path}: {len(os.listdir(os.path.join('out', 'uuid', 'runs')))} runs and {folder}")
 
-    device, ctx, _ = setup_device(args.device, args.dtype)
-    base = load_base(args.base, "cpu")
-    d = base["config"].n_embd
-    rows, floors = {}, {}  # floors: the format floor of each point, the mean over its seeds' pairs
-    for pairs in pairs_list:
-        point = argparse.Namespace(**{**vars(args), "pairs": pairs, "steps": steps_for(pairs, args),
-                                      "eval_every": args.eval_every or max(1, steps_for(pairs, args) // 20)})
-        for rank, label, method, compress, which, lr in runs_plan:
-            # full fine-tuning has no rank: 8 in its cache key, as experiments/memorize.py keys it
-            trained_at = 8 if which is None else rank if which == "r" else mora.r_hat_of(d, d, rank)
-            point.compress = compress or args.compress
-            point.alpha_r = args.alpha_r  # a multiple of each LoRA's own r: LoRA at r = r^ scales alike
-            runs = [cached_run(base, method, trained_at, lr, seed, point, device, ctx,
-                               f"{pairs} pairs, {label}{f' r={rank}' if rank else ''} seed {seed}") for seed in seeds]
-            floors[pairs] = statistics.fmean(run["format_floor"] for run in runs)
-            rows[pairs, rank, label] = [{**run, "convergence": convergence(run, floors[pairs], args.flat)}
-                                        for run in runs]
-    lines = report(rows, floors)
+
+def unpack(path: str) -> None:
+    """A pack's files into out/ here, keeping every file already present (a cached run never changes)."""
+    if not os.path.isfile(path):
+        raise train.UserError(f"--unpack {path}: no such file")
+    with tarfile.open(path) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("out/") and ".." not in m.name
+                   and not os.path.exists(m.name)]
+        tar.extractall(members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    print(f"unpacked {len(members)} new files from {path}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    preset = argparse.ArgumentParser(add_help=False)
+    preset.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="sizes: the 2-core CPU, one GPU, toy")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False,
+                                     parents=[preset])
+    memorize_uuid.add_flags(parser)
+    count, number = train.numeric(int, positive=True), train.numeric(float, positive=True)
+    parser.add_argument("--rank", type=count, help="LoRA rank of every point (MoRA: its budget)")
+    parser.add_argument("--points", help="comma-separated numbers of pairs: the points of the curve")
+    parser.add_argument("--epochs", type=count, help="passes over the pairs: a run's steps are epochs x pairs / batch")
+    parser.add_argument("--alphas", help="LoRA's alpha / r, tuned with the rate at every point")
+    parser.add_argument("--grid", help="each method's tuning grid: memorize_uuid.RATES times these")
+    parser.add_argument("--tune_seeds", default="0,4", help="the seeds picks are made on; never reported")
+    parser.add_argument("--seeds", default="1,2,3", help="the reported seeds")
+    parser.add_argument("--flat", type=number, default=0.02, help="a plateau: accuracy moved less in the last quarter")
+    parser.add_argument("--workers", type=count, help="processes training at once (experiments.many)")
+    parser.add_argument("--runs", type=count, help="runs batched in each process (1: one by one)")
+    parser.add_argument("--minutes", type=number, help="a part's time: it trains what fits, then stops")
+    parser.add_argument("--steps_per_s", type=number, help="all runs' steps per second together, for the estimate")
+    parser.add_argument("--tag", help="results folder under out/uuid/; default: capacity-<preset>")
+    parser.add_argument("--pack", help="write the run cache and the base into this file, then stop")
+    parser.add_argument("--unpack", help="add a pack's runs and base to out/ here, then stop")
+    instead = {"pairs": "--points", "steps": "--epochs", "eval_every": "20 a run", "compress": "the ladder",
+               "alpha_r": "--alphas", "min_lr_ratio": "0.1", "methods": "its four methods and the ladder"}
+    parser.set_defaults(**{**PRESETS[preset.parse_known_args(argv)[0].preset], **dict.fromkeys(instead)})
+    args = parser.parse_args(argv)
+    for flag, replacement in instead.items():  # memorize_uuid's flags that this study sets itself
+        if getattr(args, flag) is not None:
+            parser.error(f"--{flag} {getattr(args, flag)}: this study sets it ({replacement})")
+    if args.unpack:
+        return unpack(args.unpack) or {}
+    tune_seeds, seeds = [int(s) for s in args.tune_seeds.split(",")], [int(s) for s in args.seeds.split(",")]
+    points = [int(p) for p in args.points.split(",")]
+    if set(tune_seeds) & set(seeds):
+        parser.error(f"--seeds {args.seeds} and --tune_seeds {args.tune_seeds} share a seed, which is not reported")
+    out_dir = os.path.join("out", "uuid", args.tag or f"capacity-{args.preset}")
+    device = setup_device(args.device, args.dtype)[0]
+    base = load_base(args.base, f"capacity-{args.preset}", TOY_BASE if args.preset == "toy" else None)
+    args.base = base["source"]  # the workers load this checkpoint; a run's key holds its path and weights' digest
+    if args.pack:
+        return pack(args.pack, base) or {}
+    deadline = time.time() + 60 * args.minutes
+
+    stages = [("tuning", METHODS, tune_seeds, None), ("reported", METHODS, seeds, "picks")]
+    picks, tuning_lines, rows, ladder_point = {}, [], {}, None
+    for stage, labels, stage_seeds, uses in stages + [("ladder tuning", LADDER, tune_seeds, None),
+                                                      ("ladder", LADDER, seeds, "picks")]:
+        where = [ladder_point] if stage.startswith("ladder") else points
+        runs = specs(where, labels, args, stage_seeds, picks if uses else None)
+        found = results_of(runs, base, device)
+        pending = [run for run, result in zip(runs, found) if result is None]
+        if pending:
+            print(f"stage {stage}: {len(runs) - len(pending)} of {len(runs)} runs done")
+            train_part(pending, args, deadline)
+            found = results_of(runs, base, device)
+            if any(result is None for result in found):
+                print("the part's time is spent: run the same command again to go on (every finished run is cached)")
+                return {"stage": stage, "done": sum(r is not None for r in found), "of": len(runs)}
+        if uses is None:
+            new_picks, lines = tuning_picks(runs, found, args)
+            picks.update(new_picks)
+            tuning_lines += [line for line in lines if line not in tuning_lines]  # the ladder shares LoRA's, ...
+        else:
+            table = {}
+            for run, result in zip(runs, found):
+                table.setdefault((run["pairs"], run["label"]), []).append(result)
+            block = {key: {"runs": rs, "floor": statistics.fmean(r["format_floor"] for r in rs)}
+                     for key, rs in table.items()}
+            rows[stage] = block
+            if stage == "reported":  # the ladder goes where rotate's lead over LoRA in final accuracy is widest
+                lead = {p: statistics.fmean(a["curve"][-1]["char_acc"] - b["curve"][-1]["char_acc"] for a, b in
+                                            zip(block[p, "mora rotate"]["runs"], block[p, "lora"]["runs"]))
+                        for p in points}
+                ladder_point = max(lead, key=lead.get)
+
+    lines = ([f"The curve: rank {args.rank}, seeds {seeds} (picked on {tune_seeds}), {args.epochs} epochs a run", ""]
+             + report(rows["reported"], args) + ["", f"The ladder at {ladder_point} pairs:", ""]
+             + report(rows["ladder"], args) + ["", "Tuning (final character accuracy on the tuning seeds):", ""]
+             + tuning_lines)
     print("\n" + "\n".join(lines))
-    out_dir = os.path.join("out", "uuid", args.tag)
-    write_json(os.path.join(out_dir, "capacity.json"), {"args": vars(args), "tables": lines, "format_floor": floors,
-                                                        "runs": {f"{p}/{r}/{l}": x for (p, r, l), x in rows.items()}})
+    write_json(os.path.join(out_dir, "capacity.json"), {"args": vars(args), "tables": lines,
+                                                        "ladder_point": ladder_point,
+                                                        "runs": {f"{stage}/{p}/{label}": row["runs"]
+                                                                 for stage, block in rows.items()
+                                                                 for (p, label), row in block.items()}})
     figure = os.path.join(out_dir, "capacity.png")
-    print(f"\nresults: {out_dir}/capacity.json" + (f", figure: {figure}" if plot(rows, floors, args.ladder, figure)
-                                                    else ""))
-    return {"tables": lines, "rows": rows, "format_floor": floors}
+    drawn = plot(rows["reported"], rows["ladder"], figure)
+    print(f"\nresults: {out_dir}/capacity.json" + (f", figure: {figure}" if drawn else ""))
+    return {"tables": lines, "rows": rows, "ladder_point": ladder_point, "picks": picks}
 
 
 if __name__ == "__main__":

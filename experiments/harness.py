@@ -109,7 +109,7 @@ def pick(scores: dict, grid: list[float], alphas: list, tolerance: float,
         notes.append("flat: a neighbouring rate scores within the tuning seeds' spread" if seeds > 1 else
                      f"flat: one tuning seed, and a neighbouring rate scores within {tolerance:g} of the pick")
     if floor is not None and max(mean.values()) <= floor:
-        notes.append(f"at the floor: no combination scores above {floor:g}, so the pick is noise")
+        notes.append(f"at the floor: no combination scores above {floor:.3g}, so the pick is noise")
     return best, notes
 
 

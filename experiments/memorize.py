@@ -74,17 +74,19 @@ LAUNCH_S = 5e-6  # a kernel launch, the floor of every operation at these small 
 H100_FLOPS = 989e12 * 0.4  # bf16 dense peak of an H100 SXM, at 40% utilization: the assumption of the estimate
 
 
-def load_base(source: str | None, preset: str) -> dict:
-    """memorize_uuid.load_base (the preset's own base without a source), with the digest of its weights: part of
-    every run's cache key, so a changed base is never answered from the cache."""
-    base = memorize_uuid.load_base(source, BASES.get(preset), f"base-{preset}")
+def load_base(source: str | None, preset: str, flags: list[str] | None = None) -> dict:
+    """memorize_uuid.load_base (without a source, the preset's own base: BASES[preset], or flags, or CPU_BASE), with
+    the digest of its weights: part of every run's cache key, so a changed base is never answered from the cache."""
+    base = memorize_uuid.load_base(source, flags or BASES.get(preset), f"base-{preset}")
     base["digest"] = hashlib.sha256(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes()
                                              for t in base["state"].values())).hexdigest()  # the weights themselves
     return base
 
 
-def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, device, ctx, label: str) -> dict:
-    """memorize_uuid.finetune(), or its saved result if this exact run finished before (a sweep continues)."""
+def run_key(base: dict, method: str, rank: int, lr: float, seed: int, args, device, engine: str = "finetune"):
+    """(the file a run's result is cached in, the settings that key it, its examples): every thing that determines the
+    run, so that a cache can travel between machines (device, resolved dtype) and engines (memorize_uuid.finetune, or
+    experiments.many's batched one, equal to float rounding: a run is reused only from its own)."""
     examples = memorize_uuid.encode(memorize_uuid.make_pairs(args.pairs, seed), train.get_tokenizer(base["tokenizer"]))
     memorize_uuid.check_fits(base, examples)  # before the cache: a base too short is an error, not a cached number
     settings = {"base": base["source"], "base_weights": base["digest"], "tokenizer": base["tokenizer"],
@@ -92,16 +94,32 @@ def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, d
                     [examples["values"], examples["prompts"]]).encode()).hexdigest(), "method": method, "rank": rank,
                 "lr": lr, "seed": seed, "code": code_digest(args.compress if method == "mora" else "auto", uuid=True),
                 "compress": args.compress if method == "mora" else None,  # each method's own knobs only
-                "alpha_r": args.alpha_r if method == "lora" else None,
-                **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "dtype", "compile",
-                                                 "min_lr_ratio")}}
+                "alpha_r": args.alpha_r if method == "lora" else None, "device": torch.device(device).type,
+                "dtype": setup_device(str(device), args.dtype)[2], "engine": engine,
+                **{k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "compile", "min_lr_ratio")}}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    path = os.path.join("out", "uuid", "runs", f"{method}-r{rank}-lr{lr:g}-seed{seed}-{key}.json")
-    if os.path.exists(path):
-        return json.load(open(path))["run"]
+    return os.path.join("out", "uuid", "runs", f"{method}-r{rank}-lr{lr:g}-seed{seed}-{key}.json"), settings, examples
+
+
+def cached_result(base: dict, method: str, rank: int, lr: float, seed: int, args, device) -> dict | None:
+    """The saved result of this exact run, from either engine (with the engine's name), or None."""
+    for engine in ("finetune", "batched"):
+        path = run_key(base, method, rank, lr, seed, args, device, engine)[0]
+        if os.path.exists(path):
+            return {**json.load(open(path))["run"], "engine": engine}
+    return None
+
+
+def cached_run(base: dict, method: str, rank: int, lr: float, seed: int, args, device, ctx, label: str) -> dict:
+    """memorize_uuid.finetune(), or its saved result if this exact run finished before (a sweep continues), from
+    either engine: experiments.many trains runs ahead, batched or in other processes."""
+    found = cached_result(base, method, rank, lr, seed, args, device)
+    if found:
+        return found
+    path, settings, examples = run_key(base, method, rank, lr, seed, args, device)
     run = memorize_uuid.finetune(base, examples, method, rank, lr, seed, args, device, ctx, label)
     write_json(path, {"settings": settings, "run": run})
-    return run
+    return {**run, "engine": "finetune"}
 
 
 def estimate_flops(base: dict, args, tokens_per_example: int, n_runs: int) -> float:
@@ -250,6 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--alphas", help="LoRA's alpha as multiples of r (alpha_r), tuned with the rate: '1,2,4,8'")
     parser.add_argument("--seeds", help="comma-separated seeds to report (not the tuning seed)")
     parser.add_argument("--tune_only", action="store_true", help="stop after tuning (the sweep continues later)")
+    parser.add_argument("--workers", type=train.numeric(int, positive=True), default=1,
+                        help="processes that train runs at once (experiments.many): 2 on the 2-core CPU")
+    parser.add_argument("--runs", type=train.numeric(int, positive=True), default=1,
+                        help="runs batched in each process (experiments.many; on a GPU: 32)")
     parser.add_argument("--tag", help="results folder under out/uuid/; default: the preset's name")
     parser.set_defaults(**PRESETS[preset.parse_known_args(argv)[0].preset])
     args = parser.parse_args(argv)
@@ -285,11 +307,21 @@ def main(argv: list[str] | None = None) -> dict:
           f"minutes at 5 us each): an estimate of at most {(flops / H100_FLOPS + launches * LAUNCH_S) / 60:.1f} "
           f"minutes, compilation aside")
 
-    def run(method, rank, lr, alpha, seed, label):  # alpha: LoRA's, a multiple of r (None for the others)
-        flags = argparse.Namespace(**{**vars(args), **({"alpha_r": alpha} if method == "lora" else {})})
-        return cached_run(base, method, rank or 8, lr, seed, flags, device, ctx, label)
+    flags_of = lambda method, alpha: argparse.Namespace(**{**vars(args), "base": base["source"],
+                                                          **({"alpha_r": alpha} if method == "lora" else {})})
 
-    groups, tuning, all_runs = {}, [], []
+    def run(method, rank, lr, alpha, seed, label):  # alpha: LoRA's, a multiple of r (None for the others)
+        return cached_run(base, method, rank or 8, lr, seed, flags_of(method, alpha), device, ctx, label)
+
+    def ahead(runs: list[tuple]) -> None:  # (method, rank, lr, alpha, seed): trained in --workers processes, --runs
+        if args.workers > 1 or args.runs > 1:  # batched, before the loops below read them from the cache
+            from experiments import many  # (which imports this module)
+            specs = [{"args": flags_of(m, a), "method": m, "rank": r or 8, "lr": lr, "seed": s}
+                     for m, r, lr, a, s in runs]
+            many.train_jobs(many.jobs_for(specs, args.preset, args.runs), args.workers)
+
+    ahead([(m, r, g, a, s) for m, r in plan if len(combos[m]) > 1 for g, a in combos[m] for s in tune_seeds])
+    picks, groups, tuning, all_runs = {}, {}, [], []
     for method, rank in plan:
         lr, alpha = combos[method][0]
         if len(combos[method]) > 1:
@@ -302,14 +334,14 @@ def main(argv: list[str] | None = None) -> dict:
                           + f"; picked {lr:g}" + (f" alpha {alpha:g}r" if alpha else "")
                           + "".join(f". NOTE: {note}" for note in notes))
             print(tuning[-1])
-        if args.tune_only:
-            continue
+        picks[method, rank] = lr, alpha
+    if args.tune_only:
+        return {"tuning": tuning}
+    ahead([(m, r, lr, alpha, s) for (m, r), (lr, alpha) in picks.items() for s in seeds])
+    for (method, rank), (lr, alpha) in picks.items():
         groups[method, rank] = [run(method, rank, lr, alpha, s, f"{name_of(method, rank, alpha)} lr={lr:g} seed {s}")
                                 for s in seeds]
         all_runs += groups[method, rank]
-
-    if args.tune_only:
-        return {"tuning": tuning}
     steps = [point["step"] for point in all_runs[0]["curve"]]
     floor = statistics.fmean(r["format_floor"] for r in all_runs)
     summary = summarize(groups, seeds, steps)

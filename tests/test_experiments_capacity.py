@@ -1,4 +1,5 @@
-"""experiments/capacity.py: convergence read from a curve by hand, and a toy capacity curve and ladder that resume.
+"""experiments/capacity.py: a run's plateau and stored bits read by hand, and the whole toy study: its stages in parts
+that resume, tuned picks, the ladder where rotate's lead is widest, a pack that reports on another machine.
 
     python -m pytest -q tests/test_experiments_capacity.py
 """
@@ -11,92 +12,71 @@ import pytest
 import memorize_uuid
 from experiments import capacity
 
-
-def curve(losses, accuracies):
-    return {"curve": [{"step": i, "loss": loss, "char_acc": acc, "exact_match": 0.0}
-                      for i, (loss, acc) in enumerate(zip(losses, accuracies))]}
+TOY = ["--preset", "toy", "--device", "cpu"]
 
 
-def test_convergence_is_a_flat_loss_well_below_its_start_or_every_value_right_and_never_the_floor():
-    acc = [0.2, 0.5, 0.9, 0.95, 0.96, 0.96, 0.96, 0.96]
-    assert capacity.convergence(curve([None, 2.0, 1.0, 0.5, 0.30, 0.296, 0.295, 0.295], acc), 0.2, 0.02) == "converged"
-    assert capacity.convergence(curve([None, 2.0, 1.0, 0.5, 0.4, 0.3, 0.2, 0.1], acc), 0.2, 0.02) == "still improving"
-    flat_high = curve([None, 2.0, 1.95, 1.9, 1.9, 1.9, 1.9, 1.9], acc)  # flat, but hardly below its start
-    assert capacity.convergence(flat_high, 0.2, 0.02) == "still improving"
-    at_floor = curve([None, 2.0, 1.0, 0.5, 0.3, 0.3, 0.3, 0.3], [0.2, 0.21, 0.2, 0.2, 0.21, 0.2, 0.2, 0.2])
-    assert capacity.convergence(at_floor, 0.2, 0.02) == "at the floor"
-    keys_still_learning = curve([None, 2.0, 1.0, 0.5, 0.4, 0.3, 0.2, 0.1], acc[:-1] + [0.995])
-    assert capacity.convergence(keys_still_learning, 0.2, 0.02) == "memorized"
+def run(accuracies, exact=0.0, params=100):
+    return {"curve": [{"step": i, "char_acc": a, "exact_match": exact} for i, a in enumerate(accuracies)],
+            "trainable_params": params}
 
 
-def test_a_toy_curve_and_ladder_report_every_point_and_resume(workdir, tiny_base, monkeypatch):
-    tiny_base(block_size=80)
-    flags = ["--base", "base/ckpt.pt", "--pair_counts", "4,6", "--epochs", "2", "--batch_size", "2", "--ranks", "2",
-             "--seeds", "1,2", "--tag", "toy"]
-    results = capacity.main(flags)
-    assert set(results["rows"]) == {(p, None if label == "full" else 2, label)
-                                    for p in (4, 6) for label in capacity.CURVE}
-    for (pairs, _, label), runs in results["rows"].items():
-        assert [r["seed"] for r in runs] == [1, 2]
-        assert runs[0]["curve"][-1]["step"] == 2 * -(-pairs // 2)  # epochs x steps per epoch
-        assert all(r["convergence"] in ("memorized", "converged", "still improving", "at the floor") for r in runs)
-        assert 0.1 < results["format_floor"][pairs] < 0.6
-    saved = json.load(open(workdir / "out" / "uuid" / "toy" / "capacity.json"))
-    assert saved["tables"] == results["tables"] and len(saved["runs"]) == 8
-    lora = results["rows"][4, 2, "lora"][0]
-    assert lora["lr"] == 1e-3 and lora["trainable_params"] == 4 * 2 * (32 + 32) + 2 * 2 * (32 + 128)  # r=2, d=32
+def test_a_run_stops_improving_when_memorized_or_flat_over_its_last_quarter_and_never_at_the_floor():
+    assert capacity.stopped(run([0.2, 0.5, 0.9, 0.995]), 0.2, 0.02) == "memorized"
+    assert capacity.stopped(run([0.2, 0.5, 0.6, 0.7, 0.8, 0.80, 0.81, 0.805]), 0.2, 0.02) == "plateau"
+    assert capacity.stopped(run([0.2, 0.5, 0.6, 0.7, 0.8, 0.80, 0.81, 0.84]), 0.2, 0.02) == "still improving"
+    assert capacity.stopped(run([0.2, 0.21, 0.2, 0.2, 0.21, 0.2, 0.2, 0.2]), 0.2, 0.02) == "at the floor"  # flat, low
 
-    real_finetune = memorize_uuid.finetune
+
+def test_stored_bits_by_hand():
+    """64 pairs x 122 bits over 1,000 parameters offer 7.808 bits a parameter; half the pairs exact stores 3.904; 60%
+    of the characters with a floor of 20% is half of the way above it: 3.904 too."""
+    exact, characters = capacity.stored_bits(run([0.6], exact=0.5, params=1000), 64, 0.2)
+    assert exact == pytest.approx(3.904) and characters == pytest.approx(3.904)
+    assert capacity.stored_bits(run([0.1], params=1000), 64, 0.2) == (0.0, 0.0)  # below the floor: nothing stored
+
+
+def test_the_toy_study_in_parts_that_resume_then_its_tables_and_a_pack_that_travels(workdir, monkeypatch, tmp_path):
+    first = capacity.main(TOY + ["--minutes", "0.001", "--steps_per_s", "1"])  # a part of one run: it stops
+    assert first["stage"] == "tuning" and first["done"] < first["of"]
+    results = capacity.main(TOY)  # the next part goes on, to the end
+    reported = results["rows"]["reported"]
+    assert set(reported) == {(p, label) for p in (4, 8) for label in capacity.METHODS}
+    for (pairs, label), row in reported.items():
+        assert [r["seed"] for r in row["runs"]] == [1, 2, 3]
+        assert all(r["curve"][-1]["step"] == max(1, 2 * pairs // 32) for r in row["runs"])  # 2 epochs of batch 32
+        assert (row["runs"][0]["lr"], row["runs"][0]["alpha"]) == (results["picks"][pairs, label][0],
+                                                                   None if label != "lora" else
+                                                                   results["picks"][pairs, label][1] * 2)
+    assert set(results["rows"]["ladder"]) == {(results["ladder_point"], label) for label in capacity.LADDER}
+    lead = {p: sum(a["curve"][-1]["char_acc"] - b["curve"][-1]["char_acc"] for a, b in
+                   zip(reported[p, "mora rotate"]["runs"], reported[p, "lora"]["runs"])) for p in (4, 8)}
+    assert results["ladder_point"] == max(lead, key=lead.get)  # where rotate's lead is widest
+    tuning = [line for line in results["tables"] if " pairs, lora: final accuracy" in line]
+    assert len(tuning) == 2 and all("alpha 32r" in line and "alpha 128r" in line for line in tuning)  # one per point
+    saved = json.load(open(workdir / "out" / "uuid" / "capacity-toy" / "capacity.json"))
+    assert saved["tables"] == results["tables"]
+    if importlib.util.find_spec("matplotlib"):
+        assert (workdir / "out" / "uuid" / "capacity-toy" / "capacity.png").stat().st_size > 0
+
     monkeypatch.setattr(memorize_uuid, "finetune", lambda *a, **k: pytest.fail("a finished run was run again"))
-    assert capacity.main(flags)["tables"] == results["tables"]
-    monkeypatch.setattr(memorize_uuid, "finetune", real_finetune)
-    ladder = capacity.main(flags[:2] + ["--pair_counts", "4", "--epochs", "2", "--batch_size", "2", "--ranks", "2",
-                                        "--seeds", "1", "--ladder", "--tag", "toy-ladder"])
-    assert [label for *_, label in ladder["rows"]] == list(capacity.LADDER)
-    assert ladder["rows"][4, 2, "lora r=r^"][0]["rank"] == 11  # MoRA-share's r^ at 32 x 32, r = 2: sqrt(64 * 2) = 11.3
-    assert ladder["rows"][4, 2, "lora"][0]["alpha"] == 256  # memorize_uuid's default alpha_r, 128, times r = 2
-    if importlib.util.find_spec("matplotlib"):  # the figure's two panels: accuracy and speed against the rank
-        assert (workdir / "out" / "uuid" / "toy-ladder" / "capacity.png").stat().st_size > 0
-    scaled = capacity.main(flags[:2] + ["--pair_counts", "4", "--epochs", "2", "--batch_size", "2", "--ranks", "2",
-                                        "--seeds", "1", "--ladder", "--alpha_r", "4", "--tag", "toy-alpha"])
-    assert [(runs[0]["rank"], runs[0]["alpha"]) for (*_, label), runs in scaled["rows"].items()
-            if label.startswith("lora")] == [(2, 8.0), (11, 44.0)]  # alpha / r = 4 for each LoRA
+    assert capacity.main(TOY)["tables"] == results["tables"]  # every run from the cache
+    capacity.main(TOY + ["--pack", str(tmp_path / "toy.tar.gz")])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # another machine: nothing but the pack
+    capacity.main(["--unpack", str(tmp_path / "toy.tar.gz")])
+    assert capacity.main(TOY)["tables"] == results["tables"]  # read there from the pack, nothing trained
 
 
-def test_a_curve_over_ranks_takes_a_rate_per_rank_and_runs_full_fine_tuning_once(workdir, tiny_base):
-    tiny_base(block_size=80)
-    results = capacity.main(["--base", "base/ckpt.pt", "--pair_counts", "4", "--epochs", "2", "--batch_size", "2",
-                             "--ranks", "1,2", "--lrs", "lora=1e-2:2e-2,mora=3e-2,full=3e-3", "--seeds", "1",
-                             "--tag", "toy-ranks"])
-    rows = results["rows"]
-    adapters = [(4, r, label) for r in (1, 2) for label in capacity.CURVE if label != "full"]
-    assert sorted(rows, key=str) == sorted(adapters + [(4, None, "full")], key=str)
-    assert [rows[4, r, "lora"][0]["lr"] for r in (1, 2)] == [1e-2, 2e-2]
-    assert [rows[4, r, "mora rotate"][0]["lr"] for r in (1, 2)] == [3e-2, 3e-2]
-    lora_r1 = rows[4, 1, "lora"][0]
-    assert lora_r1["trainable_params"] == 4 * (32 + 32) + 2 * (32 + 128)  # r=1 on a d=32 base: 576
-    row = next(line for line in results["tables"] if "| 1 | lora |" in line)
-    assert "| 576 | 0.85 |" in row  # 4 pairs x 122 bits / 576 parameters
-    paired = next(line for line in results["tables"] if line.startswith("| 4 | 2 | mora rotate - lora |"))
-    gap = 100 * (rows[4, 2, "mora rotate"][0]["curve"][-1]["char_acc"] - rows[4, 2, "lora"][0]["curve"][-1]["char_acc"])
-    assert paired == f"| 4 | 2 | mora rotate - lora | {gap:.1f} | none: one seed | {gap:.1f} to {gap:.1f} | {gap:.1f} |"
-    only = capacity.main(["--base", "base/ckpt.pt", "--pair_counts", "4", "--epochs", "2", "--batch_size", "2",
-                          "--ranks", "1", "--labels", "lora", "--lrs", "lora=1e-2", "--seeds", "1",
-                          "--tag", "toy-lora"])
-    assert list(only["rows"]) == [(4, 1, "lora")] and only["rows"][4, 1, "lora"][0]["curve"] == lora_r1["curve"]
+@pytest.mark.parametrize("flags,message", [(["--pairs", "64"], "--pairs 64: this study sets it (--points)"),
+                                           (["--alpha_r", "32"], "this study sets it (--alphas)"),
+                                           (["--seeds", "0,1"], "share a seed")])
+def test_flags_this_study_sets_itself_are_refused(capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        capacity.main(TOY + flags)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags", [["--ranks", "1,2", "--lrs", "lora=1e-2:2e-2:3e-2,mora=3e-2,full=3e-3"],
-                                   ["--ranks", "1,2", "--lrs", "lora=1e-2,mora=3e-2,full=3e-3:1e-3"],
-                                   ["--ranks", "1,2", "--ladder"], ["--lrs", "lora=1e-2,full=3e-3"],
-                                   ["--labels", "lora,mora"], ["--lrs", "lora=fast,mora=3e-2,full=3e-3"],
-                                   ["--lrs", "lora,mora=3e-2,full=3e-3"]])
-def test_rates_that_do_not_fit_the_ranks_are_refused(workdir, flags):
-    with pytest.raises(SystemExit):  # before any base is loaded or run trained
-        capacity.main(flags)
-
-
-@pytest.mark.parametrize("flag", [["--pairs", "256"], ["--steps", "100"], ["--methods", "lora"], ["--alpha", "16"]])
-def test_the_flags_this_sweep_sets_itself_are_refused(workdir, flag):
-    with pytest.raises(SystemExit):  # memorize_uuid's flags that would otherwise be silently ignored here
-        capacity.main(flag)
+def test_unpacking_a_file_that_is_not_there_is_one_line(workdir):
+    with pytest.raises(capacity.train.UserError, match="--unpack missing.tar.gz: no such file"):
+        capacity.main(["--unpack", "missing.tar.gz"])

@@ -192,3 +192,18 @@ def test_a_run_with_a_forks_compression_is_run_again_when_its_module_changes(tin
             edit_source()
         memorize.main(args)
     assert len(trained) == 2  # the second call was the cached run; the edit to the module made the third train again
+
+
+def test_a_sweep_trains_ahead_in_worker_processes_and_reads_the_cache(workdir, tiny_base, monkeypatch):
+    """--workers 2 --runs 2: the tuning runs, then the reported ones, train batched in two processes (experiments.many)
+    before the sweep reads each from the cache; the same sweep again trains nothing."""
+    tiny_base(block_size=80)
+    args = ["--base", "base/ckpt.pt", "--methods", "lora,mora", "--ranks", "2", "--pairs", "4", "--steps", "2",
+            "--eval_every", "2", "--batch_size", "2", "--lrs", "1e-3,1e-2", "--alphas", "32", "--tune_seeds", "0,4",
+            "--seeds", "1,2", "--tag", "ahead", "--workers", "2", "--runs", "2"]
+    results = memorize.main(args)
+    assert [(r["method"], r["seed"], r["engine"]) for r in results["runs"]] == [
+        ("lora", 1, "batched"), ("lora", 2, "batched"), ("mora", 1, "batched"), ("mora", 2, "batched")]
+    assert len(list((workdir / "out" / "uuid" / "runs").glob("*.json"))) == 2 * (2 * 2 + 2)  # tuning + reported
+    monkeypatch.setattr(memorize_uuid, "finetune", lambda *a, **k: pytest.fail("a cached run was trained again"))
+    assert memorize.main(args)["tables"] == results["tables"]
