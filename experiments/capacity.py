@@ -219,6 +219,7 @@ def plot(rows: dict, ladder: dict, path: str) -> bool:
 def pack(path: str, base: dict) -> None:
     """The run cache and the base (run keys hold its weights' digest) in one gzipped tar, written then renamed."""
     folder = os.path.dirname(base["source"])
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with tarfile.open(path + ".tmp", "w:gz") as tar:
         tar.add(os.path.join("out", "uuid", "runs"), arcname="out/uuid/runs")
         tar.add(folder, arcname=folder)
@@ -263,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
                "alpha_r": "--alphas", "min_lr_ratio": "0.1", "methods": "its four methods and the ladder"}
     parser.set_defaults(**{**PRESETS[preset.parse_known_args(argv)[0].preset], **dict.fromkeys(instead)})
     args = parser.parse_args(argv)
+    deadline = time.time() + 60 * args.minutes  # the base's pretraining counts in a part's minutes
     for flag, replacement in instead.items():  # memorize_uuid's flags that this study sets itself
         if getattr(args, flag) is not None:
             parser.error(f"--{flag} {getattr(args, flag)}: this study sets it ({replacement})")
@@ -278,7 +280,6 @@ def main(argv: list[str] | None = None) -> dict:
     args.base = base["source"]  # the workers load this checkpoint; a run's key holds its path and weights' digest
     if args.pack:
         return pack(args.pack, base) or {}
-    deadline = time.time() + 60 * args.minutes
 
     stages = [("tuning", METHODS, tune_seeds, None), ("reported", METHODS, seeds, "picks")]
     picks, tuning_lines, rows, ladder_point = {}, [], {}, None
