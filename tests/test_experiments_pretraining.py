@@ -4,12 +4,14 @@ runs, CPU).
     python -m pytest -q tests/test_experiments_pretraining.py
 """
 
+import importlib.util
 import json
 
 import pytest
 
 import train
 from experiments import harness, pretraining as compare
+from experiments.harness import pyplot as plt
 
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
         "--eval_iters", "2", "--warmup", "2", "--max_iters", "6", "--eval_interval", "3", "--rank", "2"]
@@ -44,6 +46,8 @@ def test_tune_on_two_seeds_then_report_final_losses_and_paired_gaps(workdir, mon
     expected = sum(a - b for a, b in zip(results["rows"]["lora"]["losses"], results["rows"]["mora"]["losses"])) / 2
     assert len(gap) == 1 and f"| {expected:.4f} |" in gap[0]
     assert all(len(runs) == 2 for runs in results["curves"].values())
+    if importlib.util.find_spec("matplotlib"):  # the figure is saved, then closed: sweeps do not pile them up
+        assert (workdir / "out" / "compare" / "tiny" / "pretraining.png").exists() and not plt().get_fignums()
 
     monkeypatch.setattr(train, "main", lambda *a, **k: pytest.fail("a finished run was run again"))
     assert compare.main(args)["tables"] == results["tables"]

@@ -307,6 +307,29 @@ def test_merge_inside_a_bf16_autocast_region_builds_dw_in_float32(kind):
     torch.testing.assert_close(layer.base.weight, expected, atol=1e-6, rtol=0)
 
 
+def test_a_custom_compression_merges_in_float32_inside_a_bf16_autocast_region():
+    """A compression of a fork's own has no structured merge: it merges through delta_from_identity, whose adapter
+    path would run in bf16 under autocast if add_delta_ did not switch autocast off (off by about 1e-2 then)."""
+    torch.manual_seed(0)
+    layer = MoRALinear(nn.Linear(64, 96), 4, compress=PermutedShare, dense=False)
+    nn.init.normal_(layer.M)
+    expected = layer.base.weight.detach() + layer.delta_from_identity().detach()  # float32 throughout
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer.merge()
+    torch.testing.assert_close(layer.base.weight, expected, atol=1e-6, rtol=0)
+
+
+def test_a_compressions_persistent_buffers_travel_with_the_adapter_and_derived_ones_do_not():
+    """PermutedShare's fixed permutation (persistent) is in adapter_state_dict, as Compression's docstring says;
+    rotation's cos and sin tables (derived from the shape, registered persistent=False) are not."""
+    model = nn.Sequential(nn.Linear(40, 40), nn.Linear(40, 40))
+    mora.add_adapters(model, "mora", 4, ["0"], compress=PermutedShare)
+    keys = set(mora.adapter_state_dict(model))
+    assert keys == {"0.M", "0.in_perm", "0.out_perm", "0.compression.order"}
+    rotated = mora.add_adapters(nn.Sequential(nn.Linear(40, 40)), "mora", 4, ["0"], compress="rotate")
+    assert set(mora.adapter_state_dict(rotated)) == {"0.M", "0.in_perm", "0.out_perm"}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_tensor_follows_the_layer_to_another_device(kind):
     layer = make_adapter(kind, 40, 60, 4, dtype=torch.float32).to("meta")
