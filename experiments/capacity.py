@@ -46,8 +46,8 @@ METHODS = {"lora": ("lora", None), "mora rotate": ("mora", "rotate"), "mora shar
 LADDER = {"lora": ("lora", None), **{f"mora {c}": ("mora", c) for c in mora.COMPRESSIONS}}
 GRID = (0.25, 0.5, 1, 2, 4)  # tuning grids: each method's demo rate (memorize_uuid.RATES, scaled) times these
 PRESETS = {  # rates: memorize_uuid.RATES (picked at r=8, 64 pairs, 1,200 steps) times GRID; LoRA's alpha around 128r
-    "cpu": {"base": None, "rank": 4, "points": "8,16,32,64", "epochs": 400, "alphas": "32,128,512",
-            "grid": "0.5,1,2", "workers": 2, "runs": 1, "minutes": 45, "steps_per_s": 14.0, "device": "cpu",
+    "cpu": {"base": None, "rank": 2, "points": "8,16,32,64", "epochs": 400, "alphas": "32,128,512",
+            "grid": "0.5,1,2,4", "workers": 2, "runs": 1, "minutes": 45, "steps_per_s": 14.0, "device": "cpu",
             "dtype": "float32"},
     "gpu": {"base": None, "rank": 8, "points": "32,64,128,256,512,1024", "epochs": 1000, "alphas": "32,128,512",
             "grid": "0.25,0.5,1,2,4", "workers": 4, "runs": 32, "minutes": 9, "steps_per_s": 3000.0,
@@ -55,6 +55,7 @@ PRESETS = {  # rates: memorize_uuid.RATES (picked at r=8, 64 pairs, 1,200 steps)
     "toy": {"base": None, "rank": 2, "points": "4,8", "epochs": 2, "alphas": "32,128", "grid": "1,2",
             "workers": 1, "runs": 2, "minutes": 60, "steps_per_s": 100.0, "device": "cpu", "dtype": "float32"},
 }
+BASE_NAMES = {"cpu": "cpu", "gpu": "capacity-gpu", "toy": "capacity-toy"}  # memorize.load_base's preset names
 TOY_BASE = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "80", "--max_iters", "4",
             "--batch_size", "4", "--eval_iters", "1", "--eval_interval", "4"]
 
@@ -63,12 +64,11 @@ def steps_for(pairs: int, args) -> int:
     return max(1, args.epochs * pairs // args.batch_size)
 
 
-def run_flags(args, pairs: int, method: str, compress: str | None, alpha_r: float | None) -> argparse.Namespace:
+def run_flags(args, pairs: int, compress: str | None, alpha_r: float | None) -> argparse.Namespace:
     """memorize_uuid's flags for one point and method: the steps follow the pairs, 20 checkpoints a run."""
     steps = steps_for(pairs, args)
     return argparse.Namespace(**{**vars(args), "pairs": pairs, "steps": steps, "eval_every": max(1, steps // 20),
-                                 "compress": compress or "rotate", "alpha_r": alpha_r or 128.0,
-                                 "min_lr_ratio": 0.1, "methods": method, "deadline": None})
+                                 "compress": compress or "rotate", "alpha_r": alpha_r or 128.0, "min_lr_ratio": 0.1})
 
 
 def grid_of(method: str, args) -> list[float]:
@@ -84,7 +84,7 @@ def specs(points: list[int], labels: dict, args, seeds: list[int], picks: dict |
         for label, (method, compress) in labels.items():
             alphas = [float(a) for a in args.alphas.split(",")] if method == "lora" else [None]
             combos = [picks[pairs, label]] if picks else [(lr, a) for a in alphas for lr in grid_of(method, args)]
-            runs += [{"pairs": pairs, "label": label, "args": run_flags(args, pairs, method, compress, alpha),
+            runs += [{"pairs": pairs, "label": label, "args": run_flags(args, pairs, compress, alpha),
                       "method": method, "rank": args.rank, "lr": lr, "seed": seed, "alpha_r": alpha}
                      for lr, alpha in combos for seed in seeds]
     return runs
@@ -108,7 +108,7 @@ def train_part(pending: list[dict], args, deadline: float) -> None:
     print(f"this part: {len(chosen)} of the stage's {len(pending)} runs left, about {total / 60:.0f} minutes at "
           f"{args.steps_per_s:g} steps/s ({args.workers} process(es) x {args.runs} batched); then about "
           f"{left / 60:.0f} minutes more in this stage", flush=True)
-    many.train_jobs(many.jobs_for(chosen, f"capacity-{args.preset}", args.runs), args.workers)
+    many.train_jobs(many.jobs_for(chosen, BASE_NAMES[args.preset], args.runs), args.workers)
 
 
 def stopped(run: dict, floor: float, flat: float) -> str:
@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--seeds {args.seeds} and --tune_seeds {args.tune_seeds} share a seed, which is not reported")
     out_dir = os.path.join("out", "uuid", args.tag or f"capacity-{args.preset}")
     device = setup_device(args.device, args.dtype)[0]
-    base = load_base(args.base, f"capacity-{args.preset}", TOY_BASE if args.preset == "toy" else None)
+    # the CPU preset's base is the demo's (its runs can be experiments.memorize's); a GPU pretrains its own
+    base = load_base(args.base, BASE_NAMES[args.preset], TOY_BASE if args.preset == "toy" else None)
     args.base = base["source"]  # the workers load this checkpoint; a run's key holds its path and weights' digest
     if args.pack:
         return pack(args.pack, base) or {}
