@@ -219,6 +219,47 @@ def dispatched(fn) -> int:
     return counter.count
 
 
+class Traffic(TorchDispatchMode):
+    """Each aten operation that runs inside it, views excluded, with the bytes of the tensors it reads and writes:
+    a kernel's memory traffic, whatever the device (on "meta" no arithmetic runs at all)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+            self.ops.append((func.overloadpacket.__name__, sum(t.numel() * t.element_size() for t in tensors)))
+        return out
+
+
+def layer_traffic(kind: str, d: int = 768, tokens: tuple[int, int] = (16, 512)) -> dict:
+    """One d x d layer's forward + backward at GPT-2-small's shapes in bf16, traced on the meta device (shapes only,
+    nothing computed): operations dispatched, MB they move, and the operations that move most."""
+    with torch.device("meta"):
+        layer = make_layer(kind, d, d, 8, "meta", dense=False, dtype=torch.bfloat16)
+        x = torch.empty(*tokens, d, dtype=torch.bfloat16, requires_grad=True)
+    with Traffic() as traffic:
+        layer(x).sum().backward()
+    by_op = {}
+    for op, size in traffic.ops:
+        by_op[op] = by_op.get(op, 0) + size / 2**20
+    return {"kind": kind, "ops": len(traffic.ops), "mb": sum(by_op.values()),
+            "top": sorted(by_op.items(), key=lambda item: -item[1])[:6]}
+
+
+def print_traffic(rows: list[dict]) -> None:
+    print("\nWhere one 768x768 layer's step goes: forward + backward, bf16, 16 x 512 tokens, traced on meta\n")
+    print("| adapter | operations | MB read and written | / LoRA's | the operations that move most (MB) |")
+    print("|---" * 5 + "|")
+    lora = next(row for row in rows if row["kind"] == "lora")
+    for row in rows:
+        top = ", ".join(f"{op} {mb:.0f}" for op, mb in row["top"])
+        print(f"| {row['kind']} | {row['ops']} | {row['mb']:.0f} | {row['mb'] / lora['mb']:.2f} | {top} |")
+
+
 OURS, HF = "this project's GPT", "HuggingFace GPT-2"  # the two models of the GPT-2-small step
 OUR_SHAPES = lambda d: [(d, d)] * 4 + [(d, 4 * d), (4 * d, d)]  # (in, out): query, key, value, output, up, down
 HF_SHAPES = lambda d: [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)]  # c_attn (q, k, v fused), c_proj, c_fc, c_proj
@@ -452,6 +493,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer tokens, shapes and repeats: under a minute on CPU")
     parser.add_argument("--preset", choices=("cpu", "gpu"), help="default: gpu on a CUDA device, else cpu")
     parser.add_argument("--gpt2", action="store_true", help="only the GPT-2-small fine-tuning step and op counts")
+    parser.add_argument("--traffic", action="store_true", help="only a 768x768 layer's operations and bytes, traced")
     parser.add_argument("--compile", action="store_true", help="torch.compile the GPT-2 step (on in the gpu preset)")
     parser.add_argument("--kinds", default=",".join(["lora", *mora.COMPRESSIONS]), help="adapters in the GPT-2 step")
     parser.add_argument("--out", default=os.path.join("out", "bench"), help="folder for the JSON results")
@@ -459,6 +501,10 @@ def main(argv: list[str] | None = None) -> dict:
     kinds = args.kinds.split(",")
     if "lora" not in kinds or not set(kinds) <= {"lora", *mora.COMPRESSIONS}:
         parser.error(f"--kinds {args.kinds}: lora (the reference) and names among {list(mora.COMPRESSIONS)}")
+    if args.traffic:  # no timing: shapes on the meta device, nothing to run
+        rows = [layer_traffic(kind) for kind in ["base", *kinds]]
+        print_traffic(rows)
+        return {"traffic": rows}
     device, _, _ = setup_device(args.device)
     name = "quick" if args.quick else args.preset or ("gpu" if device.type == "cuda" else "cpu")
     preset = dict(PRESETS[name], compile=PRESETS[name].get("compile", False) or args.compile)

@@ -125,3 +125,12 @@ def test_mora_dispatches_at_most_one_and_a_half_times_loras_operations():
 
     lora, mora_ops = ops("lora"), {kind: ops(kind) for kind in bench.mora.COMPRESSIONS}
     assert all(count <= 1.5 * lora for count in mora_ops.values()), (lora, mora_ops)
+
+
+def test_traffic_by_hand_on_the_meta_device():
+    """The frozen layer's forward, one addmm: it reads x (2 x 8 x 64 bf16: 2,048 bytes), W (64 x 64: 8,192) and the
+    bias (128) and writes y (2,048): 12,416 bytes, traced on the meta device, where nothing is computed."""
+    base = bench.layer_traffic("base", d=64, tokens=(2, 8))
+    assert dict(base["top"])["addmm"] == 12_416 / 2**20
+    rotate, lora = bench.layer_traffic("rotate", d=64, tokens=(2, 8)), bench.layer_traffic("lora", d=64, tokens=(2, 8))
+    assert rotate["ops"] > lora["ops"] > base["ops"] and rotate["mb"] > base["mb"]
