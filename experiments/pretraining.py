@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
         runs = [run(root, method, rows[method]["lr"], seed, with_alpha(rows[method]["alpha_r"])) for seed in seeds]
         summary = next(r for r in runs[0] if r["kind"] == "summary")
         rows[method].update(trainable_params=summary["trainable_params"], losses=[final_loss(r) for r in runs])
-        curves[f"{method} (lr {rows[method]['lr']:g})"] = [evals(r) for r in runs]
+        alpha = f", alpha {rows[method]['alpha_r']:g}r" if rows[method]["alpha_r"] else ""
+        curves[f"{method} (lr {rows[method]['lr']:g}{alpha})"] = [evals(r) for r in runs]
 
     unit = "byte" if train.parse_args(flags_for("full", train_flags)).tokenizer == "bytes" else "token"
     lines = [f"Final validation loss, nats per {unit}, over seeds {seeds} (picked on seeds {tune_seeds}):", "",
