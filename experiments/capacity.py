@@ -185,6 +185,14 @@ def report(rows: dict, args) -> list[str]:
     return lines
 
 
+def min_max_bars(groups: list[list[float]]) -> list[list[float]]:
+    """matplotlib's yerr from each group's mean down to its min and up to its max; never below zero (the mean of equal
+    values can round an ulp past them, and matplotlib refuses a negative bar)."""
+    means = [statistics.fmean(g) for g in groups]
+    return [[max(0.0, m - min(g)) for m, g in zip(means, groups)],
+            [max(0.0, max(g) - m) for m, g in zip(means, groups)]]
+
+
 def plot(rows: dict, ladder: dict, path: str) -> bool:
     """Left: stored against offered bits per parameter (the diagonal: every bit kept). Right: the ladder's final
     accuracy against the update's effective rank."""
@@ -197,9 +205,7 @@ def plot(rows: dict, ladder: dict, path: str) -> bool:
         offered = [pairs * BITS_PER_PAIR / row["runs"][0]["trainable_params"] for pairs, row in points]
         stored = [[stored_bits(r, pairs, row["floor"])[1] for r in row["runs"]] for pairs, row in points]
         mean = [statistics.fmean(s) for s in stored]
-        curve.errorbar(offered, mean, yerr=[[m - min(s) for m, s in zip(mean, stored)],
-                                            [max(s) - m for m, s in zip(mean, stored)]],
-                       marker="o", capsize=3, label=label)
+        curve.errorbar(offered, mean, yerr=min_max_bars(stored), marker="o", capsize=3, label=label)
     top = max(pairs * BITS_PER_PAIR / row["runs"][0]["trainable_params"] for (pairs, _), row in rows.items())
     curve.plot([1e-3, top], [1e-3, top], ls="--", color="gray", label="every offered bit stored")
     curve.set(xscale="log", yscale="log", xlabel=f"offered: UUID bits per trainable parameter ({BITS_PER_PAIR} a pair)",
@@ -208,8 +214,8 @@ def plot(rows: dict, ladder: dict, path: str) -> bool:
     for (pairs, label), row in ladder.items():
         ranks = [statistics.fmean(s["effective_rank"] for s in r["spectra"].values() if s) for r in row["runs"]]
         finals = [100 * r["curve"][-1]["char_acc"] for r in row["runs"]]
-        steps.errorbar([statistics.fmean(ranks)], [statistics.fmean(finals)], yerr=[[statistics.fmean(finals) -
-                       min(finals)], [max(finals) - statistics.fmean(finals)]], marker="o", capsize=3, label=label)
+        steps.errorbar([statistics.fmean(ranks)], [statistics.fmean(finals)], yerr=min_max_bars([finals]), marker="o",
+                       capsize=3, label=label)
     steps.set(xlabel="effective rank of dW (mean over layers)", ylabel="final character accuracy (%)", ylim=(0, 101),
               title=f"The ladder at {next(iter(ladder))[0] if ladder else '-'} pairs, equal parameters")
     save_figure(fig, path)

@@ -80,3 +80,10 @@ def test_flags_this_study_sets_itself_are_refused(capsys, flags, message):
 def test_unpacking_a_file_that_is_not_there_is_one_line(workdir):
     with pytest.raises(capacity.train.UserError, match="--unpack missing.tar.gz: no such file"):
         capacity.main(["--unpack", "missing.tar.gz"])
+
+
+def test_error_bars_reach_min_and_max_and_are_never_negative():
+    """The mean of three 0.1s is 0.1 + 1.4e-17: a bar up to the max would be negative, which matplotlib 3.11 refuses."""
+    bars = capacity.min_max_bars([[1.0, 2.0, 3.0], [0.1, 0.1, 0.1]])
+    assert bars == [[1.0, pytest.approx(0.0, abs=1e-15)], [1.0, 0.0]]
+    assert all(bar >= 0 for side in capacity.min_max_bars([[0.1, 0.1, 0.1], [0.7] * 3, [1 / 3] * 5]) for bar in side)
