@@ -136,7 +136,7 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x[:, -1:, :]), None  # (B, 1, vocab): only the next token is needed
         logits = self.lm_head(x)  # (B, T, vocab)
-        # A target of -1 adds no loss: memorize_uuid.py marks padding (and, if asked, the prompt) with it.
+        # A target of -1 adds no loss: memorize_uuid.py marks the padding after each answer with it.
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
 
