@@ -48,12 +48,13 @@ def parts(toy: bool, device: str) -> dict:
     sizes = {"n_layer": 1, "d": 64, "vocab": 100} if toy else {}
     runs = ["--steps", "3", "--pairs", "4", "--workers", "2", "--runs", "2"] if toy else [
         "--steps", "1000", "--workers", "4", "--runs", "32"]
-    study = ["--preset", "toy", "--device", device, "--minutes", "0.001", "--steps_per_s", "1"] if toy else [
-        "--preset", "gpu", "--device", device, "--minutes", "8"]  # toy: a part of one run (the study: its own tests)
+    preset = "toy" if toy else "gpu"  # toy: a part of one run (the study has its own tests)
+    study = ["--preset", preset, "--device", device] + (["--minutes", "0.001", "--steps_per_s", "1"] if toy else
+                                                        ["--minutes", "8"])
 
     def study_part():  # one part of the study, then its pack: carried back, the study goes on there
         result = capacity.main(study)
-        capacity.main(study + ["--pack", os.path.join("out", "gpu_check", f"capacity-{study[1]}.tar.gz")])
+        capacity.main(study + ["--pack", os.path.join("out", "gpu_check", f"capacity-{preset}.tar.gz")])
         return {key: result[key] for key in ("stage", "done", "of", "ladder_point") if key in result}
 
     return {"tests": ("pytest --gpu", gpu_tests),
