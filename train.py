@@ -5,7 +5,7 @@ Train a GPT with full training, LoRA, MoRA, ReLoRA or ReMoRA: one loop for all f
     python train.py --method lora                          # LoRA at the same trainable-parameter budget (--rank 8)
     python train.py --method remora --merge_every 100      # ReMoRA: merge + restart the adapters every 100 steps
     python train.py --method mora --init_from resume       # continue out/mora after an interruption
-    python train.py --method mora --init_from out/full/ckpt.pt --data facts.txt   # fine-tune; any UTF-8 text
+    python train.py --method mora --init_from out/full/ckpt.pt --data facts.txt   # fine-tune: a text, or a folder
     python train.py --method mora --compress my_file:MyCompression               # a compression of your own
     python train.py --method mora --init_from gpt2 --data input.txt --lr 1e-3    # GPT-2 weights (downloads once)
     torchrun --standalone --nproc_per_node=8 train.py --method remora ...         # several GPUs, or CPU processes
@@ -79,11 +79,14 @@ def load_corpus(path: str) -> str:
 
 
 def prepare(args) -> dict[str, np.ndarray]:
-    """Token ids of the corpus, train and val (its last val_fraction), as uint16 (uint32 above 65,536 tokens)."""
+    """Token ids, train and val: a folder's train.txt and val.txt (split beforehand), or one text and its last tenth."""
     enc = get_tokenizer(args.tokenizer)
-    ids = np.array(enc.encode_ordinary(load_corpus(args.data)), np.uint16 if enc.n_vocab <= 2**16 else np.uint32)
-    n_val = int(len(ids) * args.val_fraction)
-    splits = {"train": ids[:len(ids) - n_val], "val": ids[len(ids) - n_val:]}
+    encode = lambda text: np.array(enc.encode_ordinary(text), np.uint16 if enc.n_vocab <= 2**16 else np.uint32)
+    if os.path.isdir(args.data):  # by document, say (experiments/corpus.py: one file in one half only)
+        splits = {split: encode(load_corpus(os.path.join(args.data, f"{split}.txt"))) for split in ("train", "val")}
+    else:
+        ids = encode(load_corpus(args.data))
+        splits = dict(zip(("train", "val"), np.split(ids, [len(ids) - len(ids) // 10])))
     for split, part in splits.items():
         if len(part) < args.block_size + 2:
             raise UserError(f"--data {args.data}: the {split} split has {len(part)} tokens; a batch needs --block_size "
@@ -131,9 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n_embd", type=count, default=128, help="model width")
     p.add_argument("--block_size", type=count, help="context length; default 128 from scratch, else the model's")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout probability (0 for pretraining)")
-    p.add_argument("--data", default="pydoc", help="a UTF-8 text file; pydoc: the Python docs bundled with CPython")
+    p.add_argument("--data", default="pydoc", help="a UTF-8 text, a folder of train.txt, val.txt, or pydoc (CPython's)")
     p.add_argument("--tokenizer", default="bytes", help="bytes, or a tiktoken name: gpt2 (downloads once), ...")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="the last fraction of the corpus, held out")
     p.add_argument("--method", default="mora", choices=METHODS, help="what trains")
     p.add_argument("--rank", type=count, default=8, help="LoRA rank r; MoRA gets its budget: r^ = sqrt((in+out) r)")
     p.add_argument("--compress", default="auto", help="MoRA: auto (rotate, share from rank 128), a name, module:Class")
@@ -226,8 +228,7 @@ def load_pretrained(source: str, dropout: float, flag: str = "--init_from") -> t
             raise UserError(f"{flag} {source}: {e}") from None
     checkpoint = load_checkpoint(source)
     if checkpoint["config"]["method"] != "full":
-        raise UserError(f"{flag} {source} is a {checkpoint['config']['method']} checkpoint; fine-tuning starts from "
-                        f"a full one (train it with --method full)")
+        raise UserError(f"{flag} {source}: a {checkpoint['config']['method']} run's; start from a full one")
     model = GPT(GPTConfig.of(checkpoint["config"]))
     model.load_state_dict(checkpoint["model"])
     return model, checkpoint["config"]["tokenizer"]
@@ -242,9 +243,8 @@ def cosine(step: int, steps: int, warmup: int, peak: float, floor: float) -> flo
 
 
 def get_lr(it: int, args) -> float:
-    """Warmup, then cosine decay to lr * min_lr_ratio. ReLoRA/ReMoRA re-warm after every restart (the fresh adapters
-    start from zero): --schedule jagged within the one cosine (ReLoRA's), cycle into a fresh cosine from the rate it
-    reached down to the same floor (the MoRA authors' script: with --min_lr_ratio 0, as theirs, down to zero)."""
+    """Warmup, then cosine decay to lr * min_lr_ratio. ReLoRA/ReMoRA re-warm after every restart (fresh adapters start
+    from zero): --schedule jagged within one cosine (ReLoRA's), or cycle: new cosines from the rate reached (MoRA's)."""
     floor, start, peak, warmup = args.lr * args.min_lr_ratio, 0, args.lr, args.warmup
     restarts = range(args.merge_every, it + 1, args.merge_every) if args.method in RESTART_METHODS else ()
     for restart in restarts if args.schedule == "cycle" else ():  # cycle k starts at the rate cycle k - 1 reached

@@ -28,14 +28,13 @@ import argparse
 import math
 import os
 import statistics
-import tarfile
 import time
 
 import memorize_uuid
 import mora
 import train
 from model import setup_device
-from experiments import many
+from experiments import harness, many
 from experiments.harness import (interval_text, paired_difference, pick, pyplot, run_main, save_figure, spread,
                                  spread_text, write_json)
 from experiments.memorize import cached_result, load_base, pct
@@ -223,25 +222,10 @@ def plot(rows: dict, ladder: dict, path: str) -> bool:
 
 
 def pack(path: str, base: dict) -> None:
-    """The run cache and the base (run keys hold its weights' digest) in one gzipped tar, written then renamed."""
-    folder = os.path.dirname(base["source"])
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with tarfile.open(path + ".tmp", "w:gz") as tar:
-        tar.add(os.path.join("out", "uuid", "runs"), arcname="out/uuid/runs")
-        tar.add(folder, arcname=folder)
-    os.replace(path + ".tmp", path)
-    print(f"packed {path}: {len(os.listdir(os.path.join('out', 'uuid', 'runs')))} runs and {folder}")
-
-
-def unpack(path: str) -> None:
-    """A pack's files into out/ here, keeping every file already present (a cached run never changes)."""
-    if not os.path.isfile(path):
-        raise train.UserError(f"--unpack {path}: no such file")
-    with tarfile.open(path) as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("out/") and ".." not in m.name
-                   and not os.path.exists(m.name)]
-        tar.extractall(members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    print(f"unpacked {len(members)} new files from {path}")
+    """The run cache and the base (run keys hold its weights' digest) in one file (harness.pack)."""
+    folder, runs = os.path.dirname(base["source"]), os.path.join("out", "uuid", "runs")
+    harness.pack(path, [runs, folder])
+    print(f"packed {path}: {len(os.listdir(runs))} runs and {folder}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -275,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, flag) is not None:
             parser.error(f"--{flag} {getattr(args, flag)}: this study sets it ({replacement})")
     if args.unpack:
-        return unpack(args.unpack) or {}
+        return harness.unpack(args.unpack) or {}
     tune_seeds, seeds = [int(s) for s in args.tune_seeds.split(",")], [int(s) for s in args.seeds.split(",")]
     points = [int(p) for p in args.points.split(",")]
     if set(tune_seeds) & set(seeds):

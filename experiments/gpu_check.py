@@ -3,7 +3,8 @@ The GPU path as people run it, in one unattended command with nothing to downloa
 
     python -m experiments.gpu_check                       # one CUDA GPU: about 5 minutes on an H200 (not run yet)
     python -m experiments.gpu_check --parts throughput,capacity    # issue 28's: about 11 minutes (not run yet)
-    python -m experiments.gpu_check --toy --device cpu --parts tests,bench,throughput,capacity   # toy sizes (a test)
+    python -m experiments.gpu_check --parts pretraining            # issue 31's: about 9 minutes (not run yet)
+    python -m experiments.gpu_check --toy --device cpu --parts tests,bench,throughput,capacity,pretraining   # a test
 
 1. python -m pytest -q --gpu: a bf16 step against float32 for every adapter and full training, merge and
    remove_adapters, generation with the cache, a ReMoRA restart, --compile, torchrun with one process (nccl).
@@ -13,6 +14,8 @@ The GPU path as people run it, in one unattended command with nothing to downloa
 3. (--parts throughput) experiments.many: one UUID run alone, then 4 processes of 32 batched runs: steps/s.
 4. (--parts capacity) one 8-minute part of python -m experiments.capacity --preset gpu (base included), then its
    pack, out/gpu_check/capacity-gpu.tar.gz: carried back and unpacked, the study goes on there or on the next GPU.
+5. (--parts pretraining) one 8-minute part of python -m experiments.pretraining --preset stdlib-gpu (the comparison
+   on the standard library's code, 6 x 512), then its pack, out/gpu_check/stdlib-gpu.tar.gz (the runs' records).
 Every part runs even if one before it fails; out/gpu_check/summary.json says which passed, with what each measured.
 """
 
@@ -24,7 +27,7 @@ import sys
 import time
 import traceback
 
-from experiments import bench, capacity, many
+from experiments import bench, capacity, many, pretraining
 from experiments.harness import write_json
 
 KINDS = ("lora", "share", "rotate")
@@ -57,11 +60,20 @@ def parts(toy: bool, device: str) -> dict:
         capacity.main(study + ["--pack", os.path.join("out", "gpu_check", f"capacity-{preset}.tar.gz")])
         return {key: result[key] for key in ("stage", "done", "of", "ladder_point") if key in result}
 
+    comparison = ["--preset", "stdlib-toy", "--methods", "lora,mora", "--tune_seeds", "0", "--seeds", "1,2",
+                  "--minutes", "0.001"] if toy else ["--preset", "stdlib-gpu", "--minutes", "8"]
+
+    def comparison_part():  # one part of the comparison, then its pack: the runs' records travel
+        result = pretraining.main(comparison)
+        pretraining.main(comparison + ["--pack", os.path.join("out", "gpu_check", f"{comparison[1]}.tar.gz")])
+        return {key: result[key] for key in ("stage", "done", "of", "tables") if key in result}
+
     return {"tests": ("pytest --gpu", gpu_tests),
             "bench": ("bench --preset gpu --gpt2", lambda: bench.gpt2_step_bench(
                 dict(bench.PRESETS["gpu"], **gpt2), bench.setup_device(device)[0], kinds=KINDS, **sizes)),
             "throughput": ("experiments.many", lambda: many.main(runs + ["--device", device])),
-            "capacity": ("experiments.capacity, one part", study_part)}
+            "capacity": ("experiments.capacity, one part", study_part),
+            "pretraining": ("experiments.pretraining --preset stdlib-gpu, one part", comparison_part)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda", help="cuda (the point), or cpu with --toy")
     parser.add_argument("--toy", action="store_true", help="toy sizes: the code path in seconds, on any device")
     parser.add_argument("--parts", default="tests,bench",
-                        help="comma-separated: tests, bench (issue 30's five minutes), throughput, capacity (28's)")
+                        help="comma-separated: tests, bench (issue 30's five minutes), throughput, capacity (28's), "
+                             "pretraining (31's)")
     args = parser.parse_args(argv)
     every = parts(args.toy, args.device)
     if not set(args.parts.split(",")) <= set(every):

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import statistics
+import sys
+import tarfile
 
 import train
 
@@ -121,6 +123,26 @@ def write_json(path: str, obj) -> None:
     os.replace(path + ".tmp", path)
 
 
+def pack(path: str, paths: list[str]) -> None:
+    """Files and folders under out/ in one gzipped tar, written then renamed: a cache that travels between machines."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with tarfile.open(path + ".tmp", "w:gz") as tar:
+        for name in paths:
+            tar.add(name, arcname=name)
+    os.replace(path + ".tmp", path)
+
+
+def unpack(path: str) -> None:
+    """A pack's files into out/ here, keeping every file already present (a cached run never changes)."""
+    if not os.path.isfile(path):
+        raise train.UserError(f"--unpack {path}: no such file")
+    with tarfile.open(path) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("out/") and ".." not in m.name
+                   and not os.path.exists(m.name)]
+        tar.extractall(members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    print(f"unpacked {len(members)} new files from {path}")
+
+
 def pyplot():
     """matplotlib.pyplot drawing to files, or None without matplotlib (figures are optional)."""
     try:
@@ -144,8 +166,9 @@ def save_figure(fig, path: str) -> None:
 
 
 def run_main(main, name: str) -> None:
-    """A script's main(): a mistake in its flags or files ends it with one line, as in train.py."""
+    """A script's main(): a mistake in its flags or files ends it with one line and exit code 2, as in train.py."""
     try:
         main()
     except train.UserError as e:
-        raise SystemExit(f"{name}: error: {e}")
+        print(f"{name}: error: {e}", file=sys.stderr)
+        sys.exit(2)

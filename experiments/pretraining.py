@@ -24,12 +24,35 @@ matplotlib, the validation curves in out/compare/<tag>/pretraining.png. The time
 import argparse
 import json
 import math
+import multiprocessing
 import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
 
 import train
-from experiments.harness import (code_digest, interval_text, paired_difference, parse_lrs, pick, pyplot, run_main,
-                                 save_figure, spread, spread_text, write_json)
+from experiments import corpus
+from experiments.harness import (code_digest, interval_text, pack, paired_difference, parse_lrs, pick, pyplot,
+                                 run_main, save_figure, spread, spread_text, unpack, write_json)
 
+# The comparison on code (issue 31): the standard library's source (experiments/corpus.py), whose 12 MB a model of
+# this size does not memorize. Rates: every method picked 1e-2 at width 128 on prose (docs/experiments.md); the grids
+# are 1-3-10 steps around 1e-2 x 128 / width (a hidden matrix's rate ~ 1 / width), alpha around LoRA's pick, 0.5r.
+PRESETS = {
+    "stdlib-gpu": {  # one H200: 6 x 512, so that every adapted layer takes the operator route (mora.DENSE_MAX_WEIGHTS)
+        "flags": "--n_layer 6 --n_head 8 --n_embd 512 --block_size 256 --batch_size 64 --max_iters 2000 --warmup 100 "
+                 "--eval_interval 200 --merge_every 500 --device cuda",
+        "lrs": "1e-3,3e-3,1e-2", "alphas": "0.125,0.5,2", "workers": 8, "minutes": 9, "steps_per_s": 100.0},
+    "stdlib-cpu": {  # the same comparison, reduced for the 2-core CPU: the default GPT's width, 2 layers, 400 steps
+        "flags": "--n_layer 2 --max_iters 400 --eval_interval 50 --merge_every 100",
+        "lrs": "3e-3,1e-2,3e-2", "alphas": "0.125,0.5,2", "workers": 2, "minutes": 45, "steps_per_s": 10.0},
+    "stdlib-toy": {  # the path in seconds: a test
+        "flags": "--n_layer 1 --n_head 2 --n_embd 32 --block_size 32 --batch_size 4 --eval_iters 2 --warmup 2 "
+                 "--max_iters 6 --eval_interval 3 --merge_every 3 --rank 2",
+        "lrs": "1e-2,3e-2", "alphas": "0.5", "workers": 1, "minutes": 60, "steps_per_s": 100.0},
+}
 GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "relora"), ("mora", "remora")]  # a - b, paired by seed
 ONE_SEED_FLAT = 0.01  # with one tuning seed, a neighbouring rate within 0.01 nats makes a pick "flat"
 
@@ -47,12 +70,17 @@ def flags_for(method: str, train_flags: list[str]) -> list[str]:
     return kept
 
 
-def run(root: str, method: str, lr: float, seed: int, train_flags: list[str]) -> list[dict]:
-    """The records (metrics.jsonl) of one finished train.py run, training it first if needed."""
+def run_dir(root: str, method: str, lr: float, seed: int, train_flags: list[str]) -> tuple[str, list[str]]:
+    """A run's folder and its train.py flags."""
     flags = flags_for(method, train_flags) + ["--method", method, "--lr", str(lr), "--seed", str(seed)]
     alpha = train.parse_args(flags).alpha  # LoRA's, absolute, when the flags set it: a run of its own
     out_dir = os.path.join(root, f"{method}{f'-alpha{alpha:g}' if alpha else ''}-lr{lr:g}-seed{seed}")
-    flags += ["--out_dir", out_dir]
+    return out_dir, flags + ["--out_dir", out_dir]
+
+
+def run(root: str, method: str, lr: float, seed: int, train_flags: list[str]) -> list[dict]:
+    """The records (metrics.jsonl) of one finished train.py run, training it first if needed."""
+    out_dir, flags = run_dir(root, method, lr, seed, train_flags)
     records = finished(out_dir, flags)
     if records is None:
         train.main(flags)
@@ -68,11 +96,36 @@ def finished(out_dir: str, flags: list[str]) -> list[dict] | None:
         return None
     records = list(map(json.loads, open(path)))
     config, wanted = records[0] if records else {}, train.parse_args(flags)  # build_model adds what the model fixes
-    if any(config.get(k) != v for k, v in vars(wanted).items()):
+    own = () if wanted.init_from == "scratch" else train.MODEL_FLAGS  # a fine-tuned model's come from its base
+    if any(config.get(k) != v for k, v in vars(wanted).items() if v is not None and k not in own):
         raise train.UserError(f"{out_dir} holds a run with other flags; pass another --tag or delete that folder")
     done = any(r["kind"] == "summary" for r in records)
     same_code = os.path.exists(code) and json.load(open(code))["digest"] == code_digest(wanted.compress)  # else anew
     return records if done and same_code else None
+
+
+def stdlib_corpus() -> str:
+    """The folder of this Python's standard-library corpus, built once (experiments/corpus.py)."""
+    out = os.path.join("out", "data", f"stdlib-{platform.python_version()}")
+    if not os.path.exists(os.path.join(out, "files.json")):
+        corpus.main(["--out", out])
+    return out
+
+
+def pack_runs(path: str, root: str) -> dict:
+    """What finished() reads of every run under root (its records and code digest; prose.json, experiments.continual's
+    evaluations), in one file that travels between machines; the checkpoints stay."""
+    files = sorted(os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names
+                   if name in ("metrics.jsonl", "code.json", "prose.json"))
+    pack(path, files)
+    print(f"packed {path}: {len(files)} files of {root}")
+    return {"packed": path, "files": len(files)}
+
+
+def part_spent(stage: str, jobs: list[tuple]) -> dict:
+    done = sum(finished(*run_dir(*job)) is not None for job in jobs)
+    print(f"the part's time is spent ({stage}: {done} of {len(jobs)} runs done): run the same command again to go on")
+    return {"stage": stage, "done": done, "of": len(jobs)}
 
 
 def nats(loss: float) -> str:
@@ -108,8 +161,47 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], path: str) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False)
+def train_one(job: tuple) -> int:
+    """A worker's task: one run (root, method, lr, seed, flags), trained unless it finished before."""
+    run(*job)
+    return 1
+
+
+def train_pending(jobs: list[tuple], args, deadline: float, trainer) -> bool:
+    """Trains the jobs that have not finished and fit before the deadline (estimated: steps over --steps_per_s, all
+    processes together, plus a sixth for the evaluations), in --workers processes; prints the estimate first. Returns
+    whether every job has finished."""
+    pending = [job for job in jobs if finished(*run_dir(*job)) is None]
+    seconds = lambda job: 7 / 6 * train.parse_args(run_dir(*job)[1]).max_iters / args.steps_per_s
+    chosen, total = [], 0.0
+    for job in pending:
+        if time.time() + total + seconds(job) > deadline and chosen:
+            break
+        chosen.append(job)
+        total += seconds(job)
+    if not pending:
+        return True
+    print(f"this part: {len(chosen)} of the {len(pending)} runs left in this stage, about {total / 60:.0f} minutes at "
+          f"{args.steps_per_s:g} steps/s ({args.workers} process(es)); then about "
+          f"{(sum(map(seconds, pending)) - total) / 60:.0f} minutes more in this stage", flush=True)
+    if args.workers == 1:
+        list(map(trainer, chosen))
+    else:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no thread pool or CUDA state inherited
+        with ProcessPoolExecutor(args.workers, mp_context=context, initializer=torch.set_num_threads,
+                                 initargs=(1,)) as pool:
+            list(pool.map(trainer, chosen))
+    return len(chosen) == len(pending)
+
+
+def main(argv: list[str] | None = None, trainer=train_one) -> dict:
+    """trainer: what trains one job (experiments/continual.py's also records the prose's loss)."""
+    preset = argparse.ArgumentParser(add_help=False)
+    preset.add_argument("--preset", choices=sorted(PRESETS), help="the comparison on code (issue 31), sized for a "
+                                                                  "machine; default: the prose one, as flags say")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False,
+                                     parents=[preset])
+    count, number = train.numeric(int, positive=True), train.numeric(float, positive=True)
     parser.add_argument("--methods", default=",".join(train.METHODS), help="comma-separated methods to compare")
     parser.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2,1e-1",
                         help="a grid tuned per method ('1e-3,1e-2'), or one per method 'lora=1e-3:1e-2,mora=1e-2'")
@@ -118,8 +210,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tune_seeds", default="0,4", help="seeds the picks are made on (by their mean); not reported")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds to report")
     parser.add_argument("--tune_only", action="store_true", help="stop after tuning (the sweep continues later)")
-    parser.add_argument("--tag", default="default", help="name of this sweep, its folder under out/compare/")
+    parser.add_argument("--tag", help="name of this sweep, its folder under out/compare/; default: the preset's")
+    parser.add_argument("--workers", type=count, default=1, help="runs training at once, each in its own process")
+    parser.add_argument("--minutes", type=number, help="a part's time: it trains the runs that fit, then stops")
+    parser.add_argument("--steps_per_s", type=number, default=5.0, help="all processes' steps/s, for the estimate")
+    parser.add_argument("--pack", help="write the sweep's finished runs (records, not checkpoints) to this file; stop")
+    parser.add_argument("--unpack", help="add a pack's runs to out/ here, then stop")
+    chosen = preset.parse_known_args(argv)[0].preset
+    parser.set_defaults(**{k: v for k, v in PRESETS.get(chosen, {}).items() if k != "flags"})
     args, train_flags = parser.parse_known_args(argv)
+    deadline = time.time() + 60 * args.minutes if args.minutes else math.inf
+    if chosen:  # the preset's flags first: a flag given here overrides it
+        train_flags = PRESETS[chosen]["flags"].split() + ["--data", stdlib_corpus()] + train_flags
     methods = args.methods.split(",")
     seeds, tune_seeds = [int(s) for s in args.seeds.split(",")], [int(s) for s in args.tune_seeds.split(",")]
     unknown = [m for m in methods if m not in train.METHODS]
@@ -134,15 +236,24 @@ def main(argv: list[str] | None = None) -> dict:
     grids, alphas = parse_lrs(args.lrs, methods), [float(a) for a in args.alphas.split(",")]
     rank = train.parse_args(flags_for("lora", train_flags) + ["--method", "lora"]).rank
     with_alpha = lambda alpha: train_flags + (["--alpha", f"{alpha * rank:g}"] if alpha else [])  # a multiple of r
-    root = os.path.join("out", "compare", args.tag)
+    root = os.path.join("out", "compare", args.tag or chosen or "default")
+    if args.unpack:
+        return unpack(args.unpack) or {}
+    if args.pack:
+        return pack_runs(args.pack, root)
 
+    combos = {m: [(lr, a) for a in (alphas if m in ("lora", "relora") else [None]) for lr in grids[m]] for m in methods}
+    tuned_methods = [m for m in methods if len(combos[m]) > 1]
+    tuning_jobs = [(root, m, lr, seed, with_alpha(a))
+                   for m in tuned_methods for lr, a in combos[m] for seed in tune_seeds]
+    if not train_pending(tuning_jobs, args, deadline, trainer):
+        return part_spent("tuning", tuning_jobs)
     rows, tuning = {}, []
     for method in methods:
-        combos = [(lr, a) for a in (alphas if method in ("lora", "relora") else [None]) for lr in grids[method]]
-        lr, alpha = combos[0]
-        if len(combos) > 1:
+        lr, alpha = combos[method][0]
+        if method in tuned_methods:
             tuned = {(g, a): [final_loss(run(root, method, g, seed, with_alpha(a))) for seed in tune_seeds]
-                     for g, a in combos}
+                     for g, a in combos[method]}
             (lr, alpha), notes = pick({c: [-loss for loss in losses] for c, losses in tuned.items()}, grids[method],
                                       alphas, ONE_SEED_FLAT)
             shown = [("/".join(f"{x:.4f}" if math.isfinite(x) else "diverged" for x in losses) + f" at {g:g}"
@@ -153,12 +264,17 @@ def main(argv: list[str] | None = None) -> dict:
         rows[method] = {"lr": lr, "alpha_r": alpha}
     if args.tune_only:
         return {"tuning": tuning}
+    reported = [(root, m, rows[m]["lr"], seed, with_alpha(rows[m]["alpha_r"])) for m in methods for seed in seeds]
+    if not train_pending(reported, args, deadline, trainer):
+        return part_spent("reported", reported)
 
     curves = {}
     for method in methods:
-        runs = [run(root, method, rows[method]["lr"], seed, with_alpha(rows[method]["alpha_r"])) for seed in seeds]
+        jobs = [job for job in reported if job[1] == method]
+        runs = [run(*job) for job in jobs]
         summary = next(r for r in runs[0] if r["kind"] == "summary")
-        rows[method].update(trainable_params=summary["trainable_params"], losses=[final_loss(r) for r in runs])
+        rows[method].update(trainable_params=summary["trainable_params"], losses=[final_loss(r) for r in runs],
+                            dirs=[run_dir(*job)[0] for job in jobs])
         alpha = f", alpha {rows[method]['alpha_r']:g}r" if rows[method]["alpha_r"] else ""
         curves[f"{method} (lr {rows[method]['lr']:g}{alpha})"] = [evals(r) for r in runs]
 

@@ -6,6 +6,7 @@ runs, CPU).
 
 import importlib.util
 import json
+import platform
 
 import pytest
 
@@ -112,3 +113,21 @@ def test_a_run_with_a_forks_compression_is_run_again_when_its_module_changes(wor
             edit_source()
         compare.run("out/compare/fork", "mora", 1e-2, 1, flags)
     assert len(trained) == 2  # the second call was the cached run; the edit to the module made the third train again
+
+
+def test_the_stdlib_preset_runs_in_parts_and_processes(workdir, capsys):
+    """The GPU preset's path at toy size: this Python's standard library as the corpus (built once), a part that
+    trains what fits its minutes and says so, then two worker processes for the rest."""
+    args = ["--preset", "stdlib-toy", "--methods", "lora,mora", "--tune_seeds", "0", "--seeds", "1,2"]
+    assert compare.main(args + ["--minutes", "1e-4"]) == {"stage": "tuning", "done": 1, "of": 4}
+    out = capsys.readouterr().out
+    assert "this part: 1 of the 4 runs left in this stage" in out and "run the same command again" in out
+    results = compare.main(args + ["--workers", "2"])
+    corpus = f"out/data/stdlib-{platform.python_version()}"
+    assert json.load(open(workdir / corpus / "files.json"))["python"] == platform.python_version()
+    for row in results["rows"].values():
+        for out_dir in row["dirs"]:
+            config = json.loads(open(f"{out_dir}/metrics.jsonl").readline())
+            assert (config["data"], config["n_layer"], config["rank"]) == (corpus, 1, 2)
+            assert out_dir.startswith("out/compare/stdlib-toy/")
+    assert any(line.startswith("| lora - mora |") for line in results["tables"])

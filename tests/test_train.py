@@ -380,7 +380,7 @@ def test_finetune_from_a_pretrained_checkpoint_trains_adapters_only(tmp_path):
     assert checkpoint["config"]["n_embd"] == 32  # the architecture came from the pretrained model
     m_sizes = [v.numel() for k, v in checkpoint["model"].items() if k.endswith(".M")]
     assert summary["trainable_params"] == sum(m_sizes) and len(m_sizes) == 12
-    with pytest.raises(train.UserError, match="starts from a full one"):
+    with pytest.raises(train.UserError, match="start from a full one"):
         train.main(["--method", "lora", "--init_from", str(tmp_path / "ft" / "ckpt.pt"),
                     "--out_dir", str(tmp_path / "x")])
 
@@ -455,14 +455,27 @@ def test_bad_data_files(tmp_path, content, message):
 
 def test_a_split_needs_two_tokens_past_a_block(tmp_path):
     """get_batch draws a window start below len - block_size - 1: a split of block_size + 1 tokens has none."""
-    for size, fits in ((18, False), (20, True)):  # byte tokens, half of them held out: splits of 9 and 10
-        (tmp_path / "c.txt").write_bytes((b"abcdefghij" * 2)[:size])
-        flags = ["--data", str(tmp_path / "c.txt"), "--val_fraction", "0.5", "--block_size", "8", "--max_iters", "2"]
+    for size, fits in ((9, False), (10, True)):  # byte tokens: a folder's train.txt of 9 and 10, its val.txt of 10
+        (tmp_path / "train.txt").write_bytes(b"abcdefghij"[:size])
+        (tmp_path / "val.txt").write_bytes(b"klmnopqrst")
+        flags = ["--data", str(tmp_path), "--block_size", "8", "--max_iters", "2"]
         if fits:
             assert math.isfinite(run(tmp_path / "out", *flags)["final_val_loss"])
         else:
             with pytest.raises(train.UserError, match=r"the train split has 9 tokens; a batch needs .* = 10"):
                 run(tmp_path / "out", *flags)
+
+
+def test_a_folder_is_its_own_split(tmp_path):
+    """--data DIR: train on DIR/train.txt, validate on DIR/val.txt, byte for byte; each file is checked as --data is."""
+    (tmp_path / "train.txt").write_text("def f(x):\n    return x\n" * 10)
+    (tmp_path / "val.txt").write_text("class C: pass\n" * 10)
+    data = train.prepare(train.parse_args(["--data", str(tmp_path), "--block_size", "8"]))
+    assert bytes(data["train"].tolist()).decode() == "def f(x):\n    return x\n" * 10
+    assert bytes(data["val"].tolist()).decode() == "class C: pass\n" * 10
+    os.remove(tmp_path / "val.txt")
+    with pytest.raises(train.UserError, match=f"--data {tmp_path / 'val.txt'}: no such file"):
+        train.prepare(train.parse_args(["--data", str(tmp_path), "--block_size", "8"]))
 
 
 @pytest.mark.parametrize("args,message", [(["--rank", "0"], "--rank: expected a positive int: '0'"),
