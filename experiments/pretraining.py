@@ -9,6 +9,8 @@ pick over other seeds. Any other train.py flag passes through, to the methods th
     python -m experiments.pretraining --methods lora,mora --rank 21 --compress share --lrs 1e-3,3e-3,1e-2,3e-2 \
         --tag share-r21
     python -m experiments.pretraining --lrs 1e-3,3e-3,1e-2 --n_layer 12 --n_head 12 --n_embd 768 --max_iters 5000
+    python -m experiments.pretraining --preset stdlib-gpu    # on code (experiments/corpus.py), 6 x 512: one H200
+    python -m experiments.pretraining --preset stdlib-cpu    # the same comparison, reduced for a 2-core CPU
 
 Protocol: the tuning seeds pick the (rate, alpha) with the lowest mean final validation loss (harness.pick, which
 notes every pick that is not an interior optimum: at an edge, alpha not tuned, or flat: a neighbouring rate within
@@ -19,6 +21,9 @@ ReMoRA (the method), LoRA - ReLoRA and MoRA - ReMoRA (the restarts). A run that 
 the worst loss. Runs go to out/compare/<tag>/<method>[-alpha<alpha>]-lr<lr>-seed<seed>/, and a finished
 run is not repeated, so an interrupted sweep continues. Tables: stdout and out/compare/<tag>/results.json; with
 matplotlib, the validation curves in out/compare/<tag>/pretraining.png. The times above: summed runs, one CPU core.
+A preset (PRESETS) sets the model, corpus, grids and a part's size: each invocation trains the runs that fit its
+--minutes, --workers processes at once, printing its estimate first, and the next goes on; --pack carries the runs'
+records to another machine, whose --unpack adds them to its cache.
 """
 
 import argparse
@@ -197,8 +202,8 @@ def train_pending(jobs: list[tuple], args, deadline: float, trainer) -> bool:
 def main(argv: list[str] | None = None, trainer=train_one) -> dict:
     """trainer: what trains one job (experiments/continual.py's also records the prose's loss)."""
     preset = argparse.ArgumentParser(add_help=False)
-    preset.add_argument("--preset", choices=sorted(PRESETS), help="the comparison on code (issue 31), sized for a "
-                                                                  "machine; default: the prose one, as flags say")
+    preset.add_argument("--preset", choices=sorted(PRESETS), help="the comparison on code, sized for a machine "
+                                                                  "(default: none, the flags given decide)")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False,
                                      parents=[preset])
     count, number = train.numeric(int, positive=True), train.numeric(float, positive=True)
