@@ -35,8 +35,8 @@ import mora
 import train
 from model import setup_device
 from experiments import harness, many
-from experiments.harness import (interval_text, paired_difference, pick, pyplot, run_main, save_figure, spread,
-                                 spread_text, write_json)
+from experiments.harness import (fit_part, interval_text, paired_difference, pick, pyplot, run_main, save_figure,
+                                 spread, spread_text, write_json)
 from experiments.memorize import cached_result, load_base, pct
 
 BITS_PER_PAIR = 122
@@ -97,12 +97,7 @@ def train_part(pending: list[dict], args, deadline: float) -> None:
     """Trains, in --workers processes of --runs batched runs each, the pending runs that fit before the deadline
     (estimated: steps over --steps_per_s, plus a sixth for the checkpoints); prints the estimate first."""
     seconds = lambda run: 7 / 6 * run["args"].steps / args.steps_per_s
-    chosen, total = [], 0.0
-    for run in pending:
-        if time.time() + total + seconds(run) > deadline and chosen:
-            break
-        chosen.append(run)
-        total += seconds(run)
+    chosen, total = fit_part(pending, seconds, deadline)
     left = sum(map(seconds, pending)) - total
     print(f"this part: {len(chosen)} of the stage's {len(pending)} runs left, about {total / 60:.0f} minutes at "
           f"{args.steps_per_s:g} steps/s ({args.workers} process(es) x {args.runs} batched); then about "

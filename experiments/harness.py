@@ -9,6 +9,7 @@ import os
 import statistics
 import sys
 import tarfile
+import time
 
 import train
 
@@ -121,6 +122,18 @@ def write_json(path: str, obj) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(path + ".tmp", path)
+
+
+def fit_part(pending: list, seconds, deadline: float) -> tuple[list, float]:
+    """A part's jobs: the first of pending whose estimated seconds (a function of a job) fit before the deadline, at
+    least one; and their total."""
+    chosen, total = [], 0.0
+    for job in pending:
+        if time.time() + total + seconds(job) > deadline and chosen:
+            break
+        chosen.append(job)
+        total += seconds(job)
+    return chosen, total
 
 
 def pack(path: str, paths: list[str]) -> None:

@@ -39,8 +39,8 @@ import torch
 
 import train
 from experiments import corpus
-from experiments.harness import (code_digest, interval_text, pack, paired_difference, parse_lrs, pick, pyplot,
-                                 run_main, save_figure, spread, spread_text, unpack, write_json)
+from experiments.harness import (code_digest, fit_part, interval_text, pack, paired_difference, parse_lrs, pick,
+                                 pyplot, run_main, save_figure, spread, spread_text, unpack, write_json)
 
 # The comparison on code (issue 31): the standard library's source (experiments/corpus.py), whose 12 MB a model of
 # this size does not memorize. Rates: every method picked 1e-2 at width 128 on prose (docs/experiments.md); the grids
@@ -178,12 +178,7 @@ def train_pending(jobs: list[tuple], args, deadline: float, trainer) -> bool:
     whether every job has finished."""
     pending = [job for job in jobs if finished(*run_dir(*job)) is None]
     seconds = lambda job: 7 / 6 * train.parse_args(run_dir(*job)[1]).max_iters / args.steps_per_s
-    chosen, total = [], 0.0
-    for job in pending:
-        if time.time() + total + seconds(job) > deadline and chosen:
-            break
-        chosen.append(job)
-        total += seconds(job)
+    chosen, total = fit_part(pending, seconds, deadline)
     if not pending:
         return True
     print(f"this part: {len(chosen)} of the {len(pending)} runs left in this stage, about {total / 60:.0f} minutes at "
