@@ -29,13 +29,12 @@ from experiments.harness import (interval_text, paired_difference, pyplot, run_m
 PRESETS = {  # base: the prose model's train.py flags; flags: every continued run's; grids as experiments/pretraining
     "cpu": {"base": "--lr 1e-2", "flags": "--max_iters 300 --warmup 20 --eval_interval 50 --merge_every 100",
             "lrs": "full=3e-4:1e-3:3e-3,lora=1e-3:3e-3:1e-2,relora=1e-3:3e-3:1e-2,mora=3e-3:1e-2:3e-2,"
-                   "remora=3e-3:1e-2:3e-2", "alphas": "0.5,2,8", "workers": "2", "minutes": "45",
-            "steps_per_s": "6"},
+                   "remora=3e-3:1e-2:3e-2", "alphas": "0.5,2,8", "workers": 2, "minutes": 45, "steps_per_s": 6},
     "toy": {"base": "--n_layer 1 --n_head 2 --n_embd 32 --block_size 32 --batch_size 4 --eval_iters 2 --warmup 2 "
                     "--max_iters 6 --eval_interval 3",
             "flags": "--batch_size 4 --eval_iters 2 --warmup 2 --max_iters 6 --eval_interval 3 --merge_every 3 "
                      "--rank 2",
-            "lrs": "1e-2,3e-2", "alphas": "0.5", "workers": "1", "minutes": "60", "steps_per_s": "100"},
+            "lrs": "1e-2,3e-2", "alphas": "0.5", "workers": 1, "minutes": 60, "steps_per_s": 100},
 }
 SWEEPS = {"rotate": ("full,lora,mora,relora,remora", []), "share": ("mora,remora", ["--compress", "share"])}
 GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "mora share"), ("relora", "remora share"),
@@ -58,10 +57,6 @@ def train_with_prose(job: tuple) -> int:
         return pretraining.train_one(job)
     finally:
         train.evaluate = evaluate
-
-
-def minutes_left(deadline: float) -> float:
-    return (deadline - time.time()) / 60
 
 
 def prose_curve(out_dir: str) -> list[tuple[int, float]]:
@@ -102,19 +97,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=count, help="runs at once, a process each (default: the preset's)")
     args = parser.parse_args(argv)
     preset, root = PRESETS[args.preset], os.path.join("out", "continual", args.preset)
-    deadline = time.time() + 60 * (args.minutes or float(preset["minutes"]))  # the base's training counts in it
+    deadline = time.time() + 60 * (args.minutes or preset["minutes"])  # the base's training counts in it
     base_job = (os.path.join(root, "base"), "full", 1e-2, 1337, ["--data", "pydoc", *preset["base"].split()])
     pretraining.run(*base_job)  # trained here once: full training on the prose, full's pick on it (1e-2)
     base = os.path.join(pretraining.run_dir(*base_job)[0], "ckpt.pt")
 
     rows, tuning = {}, []
     for compress, (methods, flags) in SWEEPS.items():
-        label = lambda method: method if compress == "rotate" or method == "full" else f"{method} {compress}"
+        label = lambda method: method if compress == "rotate" else f"{method} {compress}"
+        minutes = max(1e-3, (deadline - time.time()) / 60)  # what the part has left: each part trains one run at least
         found = pretraining.main(
             ["--tag", f"continual-{args.preset}-{compress}", "--methods", methods, "--lrs", preset["lrs"],
              "--alphas", preset["alphas"], "--tune_seeds", args.tune_seeds, "--seeds", args.seeds,
-             "--workers", str(args.workers or preset["workers"]), "--minutes", f"{max(1e-3, minutes_left(deadline))}",
-             "--steps_per_s", preset["steps_per_s"], "--init_from", base, "--data", pretraining.stdlib_corpus(),
+             "--workers", str(args.workers or preset["workers"]), "--minutes", str(minutes),
+             "--steps_per_s", str(preset["steps_per_s"]), "--init_from", base, "--data", pretraining.stdlib_corpus(),
              *preset["flags"].split(), *flags], trainer=train_with_prose)
         if "rows" not in found:
             return found  # the part's time is spent
