@@ -177,10 +177,10 @@ def train_pending(jobs: list[tuple], args, deadline: float, trainer) -> bool:
     processes together, plus a sixth for the evaluations), in --workers processes; prints the estimate first. Returns
     whether every job has finished."""
     pending = [job for job in jobs if finished(*run_dir(*job)) is None]
-    seconds = lambda job: 7 / 6 * train.parse_args(run_dir(*job)[1]).max_iters / args.steps_per_s
-    chosen, total = fit_part(pending, seconds, deadline)
     if not pending:
         return True
+    seconds = lambda job: 7 / 6 * train.parse_args(run_dir(*job)[1]).max_iters / args.steps_per_s
+    chosen, total = fit_part(pending, seconds, deadline)
     print(f"this part: {len(chosen)} of the {len(pending)} runs left in this stage, about {total / 60:.0f} minutes at "
           f"{args.steps_per_s:g} steps/s ({args.workers} process(es)); then about "
           f"{(sum(map(seconds, pending)) - total) / 60:.0f} minutes more in this stage", flush=True)
