@@ -43,16 +43,19 @@ from experiments.harness import (code_digest, fit_part, interval_text, pack, pai
                                  pyplot, run_main, save_figure, spread, spread_text, unpack, write_json)
 
 # The comparison on code (issue 31): the standard library's source (experiments/corpus.py), whose 12 MB a model of
-# this size does not memorize. Rates: every method picked 1e-2 at width 128 on prose (docs/experiments.md); the grids
-# are 1-3-10 steps around 1e-2 x 128 / width (a hidden matrix's rate ~ 1 / width), alpha around LoRA's pick, 0.5r.
+# this size does not memorize. Grids: stdlib-cpu's first tuning (docs/experiments.md) put full training at or below
+# 3e-3, LoRA and ReLoRA at 1e-2 with alpha 2r or more, MoRA and ReMoRA at or above 3e-2, each widened one step past
+# that edge; stdlib-gpu's are those x 128 / 512 (a hidden matrix's rate ~ 1 / width) on the 1-3-10 grid.
 PRESETS = {
     "stdlib-gpu": {  # one H200: 6 x 512, so that every adapted layer takes the operator route (mora.DENSE_MAX_WEIGHTS)
         "flags": "--n_layer 6 --n_head 8 --n_embd 512 --block_size 256 --batch_size 64 --max_iters 2000 --warmup 100 "
                  "--eval_interval 200 --merge_every 500 --device cuda",
-        "lrs": "1e-3,3e-3,1e-2", "alphas": "0.125,0.5,2", "workers": 8, "minutes": 9, "steps_per_s": 100.0},
+        "lrs": "full=3e-4:1e-3:3e-3,lora=1e-3:3e-3:1e-2,relora=1e-3:3e-3:1e-2,mora=3e-3:1e-2:3e-2,"
+                "remora=3e-3:1e-2:3e-2", "alphas": "0.5,2,8", "workers": 8, "minutes": 9, "steps_per_s": 100.0},
     "stdlib-cpu": {  # the same comparison, reduced for the 2-core CPU: the default GPT's width, 2 layers, 400 steps
         "flags": "--n_layer 2 --max_iters 400 --eval_interval 50 --merge_every 100",
-        "lrs": "3e-3,1e-2,3e-2", "alphas": "0.125,0.5,2", "workers": 2, "minutes": 45, "steps_per_s": 10.0},
+        "lrs": "full=1e-3:3e-3:1e-2,lora=3e-3:1e-2:3e-2,relora=3e-3:1e-2:3e-2,mora=1e-2:3e-2:1e-1,"
+                "remora=1e-2:3e-2:1e-1", "alphas": "0.5,2,8", "workers": 2, "minutes": 45, "steps_per_s": 10.0},
     "stdlib-toy": {  # the path in seconds: a test
         "flags": "--n_layer 1 --n_head 2 --n_embd 32 --block_size 32 --batch_size 4 --eval_iters 2 --warmup 2 "
                  "--max_iters 6 --eval_interval 3 --merge_every 3 --rank 2",
