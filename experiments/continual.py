@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import time
 
 import train
@@ -59,13 +58,12 @@ def train_with_prose(job: tuple) -> int:
         train.evaluate = evaluate
 
 
-def prose_curve(out_dir: str) -> list[tuple[int, float]]:
-    """(step, prose validation loss) at each evaluation of a finished run."""
+def prose_curve(out_dir: str, code: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """(step, prose validation loss) at each evaluation of a finished run, whose code curve is `code`."""
     path = os.path.join(out_dir, "prose.json")
     if not os.path.exists(path):
         raise train.UserError(f"{out_dir} has no prose.json (trained outside experiments.continual?); delete it")
-    steps = [step for step, _ in pretraining.evals(list(map(json.loads, open(os.path.join(out_dir, "metrics.jsonl")))))]
-    return list(zip(steps, json.load(open(path))))
+    return [(step, loss) for (step, _), loss in zip(code, json.load(open(path)))]
 
 
 def plot(curves: dict, path: str) -> bool:
@@ -77,11 +75,7 @@ def plot(curves: dict, path: str) -> bool:
     for ax, measure, title in zip(axes, ("code", "prose"), ("adaptation: held-out code files",
                                                              "forgetting: held-out prose (step 0: the base)")):
         for label, runs in curves.items():
-            steps = [s for s, _ in runs[0][measure]]
-            losses = list(zip(*[[loss for _, loss in r[measure]] for r in runs]))
-            line, = ax.plot(steps, [statistics.fmean(c) for c in losses], marker="o", ms=3, label=label)
-            ax.fill_between(steps, [min(c) for c in losses], [max(c) for c in losses], color=line.get_color(),
-                            alpha=0.2)
+            pretraining.draw_band(ax, label, [r[measure] for r in runs])
         ax.set(xlabel="step on the code", ylabel=f"validation loss, nats per byte ({len(runs)} seeds)", title=title)
     save_figure(fig, path)
     return True
@@ -123,8 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "| method | trainable | lr | alpha | code (adaptation) | prose before | prose after | "
                          "forgetting (after - before) |", "|---" * 8 + "|"]
     for label, row in rows.items():
-        prose = [prose_curve(d) for d in row["dirs"]]
         code = [pretraining.evals(list(map(json.loads, open(os.path.join(d, "metrics.jsonl"))))) for d in row["dirs"]]
+        prose = [prose_curve(d, c) for d, c in zip(row["dirs"], code)]
         row["before"], row["after"] = [p[0][1] for p in prose], [p[-1][1] for p in prose]
         row["forgetting"] = [a - b for a, b in zip(row["after"], row["before"])]
         curves[label] = [{"code": c, "prose": p} for c, p in zip(code, prose)]

@@ -149,18 +149,20 @@ def evals(records: list[dict]) -> list[tuple[int, float]]:
     return [(r["iter"], r["val_loss"]) for r in records if r["kind"] == "eval"]
 
 
+def draw_band(ax, label: str, runs: list[list[tuple[int, float]]]) -> None:
+    """Curves of (step, loss) over seeds: their mean, and the min-max band around it."""
+    steps, losses = [s for s, _ in runs[0]], list(zip(*[[loss for _, loss in r] for r in runs]))
+    line, = ax.plot(steps, [sum(c) / len(c) for c in losses], marker="o", ms=3, label=label)
+    ax.fill_between(steps, [min(c) for c in losses], [max(c) for c in losses], color=line.get_color(), alpha=0.2)
+
+
 def plot(curves: dict[str, list[list[tuple[int, float]]]], path: str) -> bool:
     plt = pyplot()
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, runs in curves.items():
-        steps = [s for s, _ in runs[0]]
-        losses = [[loss for _, loss in r] for r in runs]
-        mean = [sum(column) / len(column) for column in zip(*losses)]
-        line, = ax.plot(steps, mean, marker="o", ms=3, label=label)
-        ax.fill_between(steps, [min(c) for c in zip(*losses)], [max(c) for c in zip(*losses)],
-                        color=line.get_color(), alpha=0.2)
+        draw_band(ax, label, runs)
     n = len(next(iter(curves.values())))
     ax.set(xlabel="step", ylabel=f"validation loss, mean and min-max over {n} seeds" if n > 1 else
            "validation loss, one seed: a demo", title="Pretraining with adapters")
