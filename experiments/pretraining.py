@@ -43,9 +43,9 @@ from experiments.harness import (code_digest, fit_part, interval_text, pack, pai
                                  pyplot, run_main, save_figure, spread, spread_text, unpack, write_json)
 
 # The comparison on code (issue 31): the standard library's source (experiments/corpus.py), whose 12 MB a model of
-# this size does not memorize. Grids: stdlib-cpu's first tuning (docs/experiments.md) put full training at or below
-# 3e-3, LoRA and ReLoRA at 1e-2 with alpha 2r or more, MoRA and ReMoRA at or above 3e-2, each widened one step past
-# that edge; stdlib-gpu's are those x 128 / 512 (a hidden matrix's rate ~ 1 / width) on the 1-3-10 grid.
+# this size does not memorize. Grids: stdlib-cpu's are centred on its picks (docs/experiments.md: full 3e-3, LoRA and
+# ReLoRA 1e-2 at alpha 2r, MoRA and ReMoRA 3e-2); stdlib-gpu's are those picks x 128 / 512 (a hidden matrix's rate
+# ~ 1 / width) rounded onto the 1-3-10 grid, a step either side.
 PRESETS = {
     "stdlib-gpu": {  # one H200: 6 x 512, so that every adapted layer takes the operator route (mora.DENSE_MAX_WEIGHTS)
         "flags": "--n_layer 6 --n_head 8 --n_embd 512 --block_size 256 --batch_size 64 --max_iters 2000 --warmup 100 "
