@@ -2,7 +2,8 @@
 Continual pretraining on a new domain (the paper's §5.2: biomedicine and finance there; code here): a GPT pretrained
 in full on the prose (--data pydoc) goes on to the standard library's source (experiments/corpus.py) with full
 training, LoRA, MoRA (rotate and share) and their restarts, adapters at equal trainable parameters, each method at its
-best on tuning seeds (experiments/pretraining.py's protocol: LoRA's alpha x rate, the others' rate), 3 reported seeds.
+best on tuning seeds (experiments/pretraining.py's protocol: LoRA's alpha x rate, the others' rate), 3 reported seeds;
+MoRA share and ReMoRA share either tuned the same way or, to halve their runs, at rotate's picks (--share_rates).
 
     python -m experiments.continual --preset cpu       # the 2-core CPU: parts of 45 minutes, two processes
     python -m experiments.continual --preset toy       # the whole path in seconds (a test)
@@ -30,12 +31,14 @@ from experiments.harness import (interval_text, paired_difference, pyplot, run_m
 PRESETS = {  # base: the prose model's train.py flags; flags: every continued run's
     "cpu": {"base": "--lr 1e-2", "flags": "--max_iters 300 --warmup 20 --eval_interval 50 --merge_every 100",
             "lrs": "full=3e-4:1e-3:3e-3:1e-2,lora=3e-3:1e-2:3e-2,relora=3e-3:1e-2:3e-2,mora=1e-2:3e-2:1e-1,"
-                   "remora=1e-2:3e-2:1e-1", "alphas": "0.5,2,8", "workers": 2, "minutes": 45, "steps_per_s": 4},
+                   "remora=1e-2:3e-2:1e-1", "alphas": "0.5,2,8", "workers": 2, "minutes": 45, "steps_per_s": 4,
+            "share_rates": "rotate"},
     "toy": {"base": "--n_layer 1 --n_head 2 --n_embd 32 --block_size 32 --batch_size 4 --eval_iters 2 --warmup 2 "
                     "--max_iters 6 --eval_interval 3",
             "flags": "--batch_size 4 --eval_iters 2 --warmup 2 --max_iters 6 --eval_interval 3 --merge_every 3 "
                      "--rank 2",
-            "lrs": "1e-2,3e-2", "alphas": "0.5", "workers": 1, "minutes": 60, "steps_per_s": 100},
+            "lrs": "1e-2,3e-2", "alphas": "0.5", "workers": 1, "minutes": 60, "steps_per_s": 100,
+            "share_rates": "tuned"},
 }
 SWEEPS = {"rotate": ("full,lora,mora,relora,remora", []), "share": ("mora,remora", ["--compress", "share"])}
 GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "mora share"), ("relora", "remora share"),
@@ -91,8 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", default="1,2,3", help="the reported seeds")
     parser.add_argument("--minutes", type=number, help="a part's time (default: the preset's); run again to go on")
     parser.add_argument("--workers", type=count, help="runs at once, a process each (default: the preset's)")
+    parser.add_argument("--share_rates", choices=("tuned", "rotate"), help="MoRA share's and ReMoRA share's rates: "
+                        "tuned over the grids, or borrowed from rotate's picks (default: the preset's)")
     args = parser.parse_args(argv)
     preset, root = PRESETS[args.preset], os.path.join("out", "continual", args.preset)
+    borrow = (args.share_rates or preset["share_rates"]) == "rotate"
     deadline = time.time() + 60 * (args.minutes or preset["minutes"])  # the base's training counts in it
     base_job = (os.path.join(root, "base"), "full", 1e-2, 1337, ["--data", "pydoc", *preset["base"].split()])
     pretraining.run(*base_job)  # trained here once: full training on the prose, full's pick on it (1e-2)
@@ -102,17 +108,23 @@ def main(argv: list[str] | None = None) -> dict:
     for compress, (methods, flags) in SWEEPS.items():
         label = lambda method: method if compress == "rotate" else f"{method} {compress}"
         minutes = max(1e-3, (deadline - time.time()) / 60)  # what the part has left: each part trains one run at least
+        lrs = preset["lrs"]
+        if compress != "rotate" and borrow:  # one rate per method: pretraining.main tunes nothing
+            lrs = ",".join(f"{m}={rows[m]['lr']:g}" for m in methods.split(","))
         found = pretraining.main(
-            ["--tag", f"continual-{args.preset}-{compress}", "--methods", methods, "--lrs", preset["lrs"],
+            ["--tag", f"continual-{args.preset}-{compress}", "--methods", methods, "--lrs", lrs,
              "--alphas", preset["alphas"], "--tune_seeds", args.tune_seeds, "--seeds", args.seeds,
              "--workers", str(args.workers or preset["workers"]), "--minutes", str(minutes),
              "--steps_per_s", str(preset["steps_per_s"]), "--init_from", base, "--data", pretraining.stdlib_corpus(),
              *preset["flags"].split(), *flags], trainer=train_with_prose)
         if "rows" not in found:
             return found  # the part's time is spent
-        rows.update({label(method): row for method, row in found["rows"].items()})
+        rows.update({label(method): {**row, "borrowed": compress != "rotate" and borrow}
+                     for method, row in found["rows"].items()})
         tuning += [re.sub(r"^(tuning seeds \[.*?\], )(\w+):", lambda m: m[1] + label(m[2]) + ":", line)
                    for line in found["tables"] if line.startswith("tuning seeds")]
+        if compress != "rotate" and borrow:
+            tuning.append(f"{', '.join(map(label, methods.split(',')))}: not tuned, at rotate's picks (--share_rates)")
 
     curves, lines = {}, ["Continual pretraining, prose -> code: final validation losses (nats per byte) over seeds "
                          f"{args.seeds}, each method at its pick on seeds {args.tune_seeds}:", "",
@@ -125,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         row["forgetting"] = [a - b for a, b in zip(row["after"], row["before"])]
         curves[label] = [{"code": c, "prose": p} for c, p in zip(code, prose)]
         show, alpha = lambda values: spread_text(spread(values), "{:.4f}".format), row["alpha_r"]
-        lines.append(f"| {label} | {row['trainable_params']:,} | {row['lr']:g} | {f'{alpha:g}r' if alpha else '-'} | "
+        lr = f"{row['lr']:g}" + (" (rotate's)" if row["borrowed"] else "")
+        lines.append(f"| {label} | {row['trainable_params']:,} | {lr} | {f'{alpha:g}r' if alpha else '-'} | "
                      f"{show(row['losses'])} | {show(row['before'])} | {show(row['after'])} | "
                      f"{show(row['forgetting'])} |")
     lines += ["", "| a - b, paired by seed | code: mean | 95% interval | forgetting: mean | 95% interval |",

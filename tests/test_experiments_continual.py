@@ -64,8 +64,16 @@ def test_adaptation_and_forgetting_at_each_pick(code_corpus, monkeypatch):
     if importlib.util.find_spec("matplotlib"):
         assert (code_corpus / "out" / "continual" / "toy" / "continual.png").exists() and not plt().get_fignums()
 
+    train_main = train.main
     monkeypatch.setattr(train, "main", lambda *a, **k: pytest.fail("a finished run was run again"))
     assert continual.main(args)["tables"] == results["tables"]
+    monkeypatch.setattr(train, "main", train_main)  # sharing at rotate's picks: no tuning, the rows say so
+    borrowed = continual.main(args + ["--share_rates", "rotate"])
+    for method in ("mora", "remora"):
+        assert borrowed["rows"][f"{method} share"]["lr"] == rows[method]["lr"]
+        assert any(line.startswith(f"| {method} share | ") and "(rotate's) |" in line for line in borrowed["tables"])
+    assert not any(line.startswith("tuning seeds [0], mora share:") for line in borrowed["tables"])
+    assert "mora share, remora share: not tuned, at rotate's picks (--share_rates)" in borrowed["tables"]
 
 
 def test_a_part_stops_when_its_time_is_spent(code_corpus, capsys):
