@@ -27,10 +27,10 @@ from experiments.harness import (interval_text, paired_difference, pyplot, run_m
                                  spread_text, write_json)
 
 # cpu grids: the adapters' are pretraining.py's stdlib-cpu grids, which its tuning centred (LoRA 1e-2 at alpha 2r,
-# MoRA 3e-2, docs/experiments.md); full training's first (3e-4 to 3e-3) put its pick at the top, so it reaches 1e-2.
+# MoRA 3e-2, docs/experiments.md); full training's first (3e-4 to 3e-3) put its pick at the top, so it reaches 3e-2.
 PRESETS = {  # base: the prose model's train.py flags; flags: every continued run's
     "cpu": {"base": "--lr 1e-2", "flags": "--max_iters 300 --warmup 20 --eval_interval 50 --merge_every 100",
-            "lrs": "full=3e-4:1e-3:3e-3:1e-2,lora=3e-3:1e-2:3e-2,relora=3e-3:1e-2:3e-2,mora=1e-2:3e-2:1e-1,"
+            "lrs": "full=3e-4:1e-3:3e-3:1e-2:3e-2,lora=3e-3:1e-2:3e-2,relora=3e-3:1e-2:3e-2,mora=1e-2:3e-2:1e-1,"
                    "remora=1e-2:3e-2:1e-1", "alphas": "0.5,2,8", "workers": 2, "minutes": 45, "steps_per_s": 4,
             "share_rates": "rotate"},
     "toy": {"base": "--n_layer 1 --n_head 2 --n_embd 32 --block_size 32 --batch_size 4 --eval_iters 2 --warmup 2 "
