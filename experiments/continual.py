@@ -108,9 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     for compress, (methods, flags) in SWEEPS.items():
         label = lambda method: method if compress == "rotate" else f"{method} {compress}"
         minutes = max(1e-3, (deadline - time.time()) / 60)  # what the part has left: each part trains one run at least
-        lrs = preset["lrs"]
-        if compress != "rotate" and borrow:  # one rate per method: pretraining.main tunes nothing
-            lrs = ",".join(f"{m}={rows[m]['lr']:g}" for m in methods.split(","))
+        borrowed = borrow and compress != "rotate"  # one rate per method, rotate's pick: pretraining.main tunes nothing
+        lrs = ",".join(f"{m}={rows[m]['lr']:g}" for m in methods.split(",")) if borrowed else preset["lrs"]
         found = pretraining.main(
             ["--tag", f"continual-{args.preset}-{compress}", "--methods", methods, "--lrs", lrs,
              "--alphas", preset["alphas"], "--tune_seeds", args.tune_seeds, "--seeds", args.seeds,
@@ -119,11 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
              *preset["flags"].split(), *flags], trainer=train_with_prose)
         if "rows" not in found:
             return found  # the part's time is spent
-        rows.update({label(method): {**row, "borrowed": compress != "rotate" and borrow}
-                     for method, row in found["rows"].items()})
+        rows.update({label(method): {**row, "borrowed": borrowed} for method, row in found["rows"].items()})
         tuning += [re.sub(r"^(tuning seeds \[.*?\], )(\w+):", lambda m: m[1] + label(m[2]) + ":", line)
                    for line in found["tables"] if line.startswith("tuning seeds")]
-        if compress != "rotate" and borrow:
+        if borrowed:
             tuning.append(f"{', '.join(map(label, methods.split(',')))}: not tuned, at rotate's picks (--share_rates)")
 
     curves, lines = {}, ["Continual pretraining, prose -> code: final validation losses (nats per byte) over seeds "
