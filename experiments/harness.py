@@ -74,18 +74,19 @@ def interval_text(d: dict, show) -> str:
     return f"{show(d['ci95'][0])} to {show(d['ci95'][1])}" if d["n"] > 1 else "none: one seed"
 
 
-def parse_lrs(text: str, methods: list[str]) -> dict[str, list[float]]:
-    """'1e-2,3e-2': one grid for every method; 'lora=3e-3:1e-2,mora=3e-2': a grid (or one fixed rate) per method."""
+def parse_grid(text: str, methods: list[str], flag: str = "--lrs") -> dict[str, list[float]]:
+    """'1e-2,3e-2': one grid for every method; 'lora=3e-3:1e-2,mora=3e-2': a grid (or one fixed value) per method.
+    --lrs's rates, or --alphas's multiples of r (for the methods that have an alpha)."""
     try:
         if "=" not in text:
-            return {m: [float(lr) for lr in text.split(",")] for m in methods}
-        grids = {m: [float(lr) for lr in lrs.split(":")] for m, lrs in (item.split("=") for item in text.split(","))}
+            return {m: [float(x) for x in text.split(",")] for m in methods}
+        grids = {m: [float(x) for x in xs.split(":")] for m, xs in (item.split("=") for item in text.split(","))}
     except ValueError:
-        raise train.UserError(f"--lrs {text} is not a learning-rate grid: write '1e-3,1e-2' (every method) or "
-                              f"'lora=1e-3:1e-2,mora=3e-2' (per method)") from None
+        raise train.UserError(f"{flag} {text} is not a grid: write '1,2' (every method) or 'lora=1:2,mora=3' "
+                              f"(per method)") from None
     missing = [m for m in methods if m not in grids]
     if missing:
-        raise train.UserError(f"--lrs {text} gives no rate for {missing}")
+        raise train.UserError(f"{flag} {text} gives no value for {missing}")
     return grids
 
 

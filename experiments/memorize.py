@@ -40,7 +40,7 @@ import memorize_uuid
 import train
 from model import GPT, setup_device
 from experiments.bench import dispatched
-from experiments.harness import (code_digest, interval_text, paired_difference, parse_lrs, pick, pyplot, run_main,
+from experiments.harness import (code_digest, interval_text, paired_difference, parse_grid, pick, pyplot, run_main,
                                  save_figure, spread, spread_text, write_json)
 
 def scaled_rates(width: int, factors: tuple[float, ...] = (1,)) -> str:
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     if set(tune_seeds) & set(seeds):
         parser.error(f"--seeds {args.seeds} and --tune_seeds {args.tune_seeds} share a seed: the seeds rates are "
                      f"picked on are not reported")
-    grids = parse_lrs(args.lrs, methods)
+    grids = parse_grid(args.lrs, methods)
     out_dir = os.path.join("out", "uuid", args.tag or args.preset)
 
     device, ctx, dtype = setup_device(args.device, args.dtype)

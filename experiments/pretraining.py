@@ -17,10 +17,11 @@ notes every pick that is not an interior optimum: at an edge, alpha not tuned, o
 the tuning seeds' spread, or within 0.01 on one seed); their runs are never reported. The reported figure is the
 final validation loss (not the best over evaluations, which would be early stopping on the reported split), as mean
 ± std and min-max over the seeds, with the gaps paired by seed and their 95% intervals: LoRA - MoRA and ReLoRA -
-ReMoRA (the method), LoRA - ReLoRA and MoRA - ReMoRA (the restarts). A run that diverges stops early and counts as
-the worst loss. Runs go to out/compare/<tag>/<method>[-alpha<alpha>]-lr<lr>-seed<seed>/, and a finished
-run is not repeated, so an interrupted sweep continues. Tables: stdout and out/compare/<tag>/results.json; with
-matplotlib, the validation curves in out/compare/<tag>/pretraining.png. The times above: summed runs, one CPU core.
+ReMoRA (the method), LoRA - ReLoRA and MoRA - ReMoRA (the restarts), full - MoRA (the ceiling). A run that diverges
+stops early and counts as the worst loss. Runs go to out/compare/<tag>/<method>[-alpha<alpha>]-lr<lr>-seed<seed>/,
+and a finished run is not repeated, so an interrupted sweep continues. Tables: stdout and
+out/compare/<tag>/results.json; with matplotlib, the validation curves in out/compare/<tag>/pretraining.png. The
+times above: summed runs, one CPU core.
 A preset (PRESETS) sets the model, corpus, grids and a part's size: each invocation trains the runs that fit its
 --minutes, --workers processes at once, printing its estimate first, and the next goes on; --pack carries the runs'
 records to another machine, whose --unpack adds them to its cache.
@@ -39,7 +40,7 @@ import torch
 
 import train
 from experiments import corpus
-from experiments.harness import (code_digest, fit_part, interval_text, pack, paired_difference, parse_lrs, pick,
+from experiments.harness import (code_digest, fit_part, interval_text, pack, paired_difference, parse_grid, pick,
                                  pyplot, run_main, save_figure, spread, spread_text, unpack, write_json)
 
 # The comparison on code (issue 31): the standard library's source (experiments/corpus.py), whose 12 MB a model of
@@ -61,7 +62,8 @@ PRESETS = {
                  "--max_iters 6 --eval_interval 3 --merge_every 3 --rank 2",
         "lrs": "1e-2,3e-2", "alphas": "0.5", "workers": 1, "minutes": 60, "steps_per_s": 100.0},
 }
-GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "relora"), ("mora", "remora")]  # a - b, paired by seed
+GAPS = [("lora", "mora"), ("relora", "remora"), ("lora", "relora"), ("mora", "remora"),
+        ("full", "mora")]  # a - b, paired by seed
 ONE_SEED_FLAT = 0.01  # with one tuning seed, a neighbouring rate within 0.01 nats makes a pick "flat"
 
 
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None, trainer=train_one) -> dict:
     parser.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2,1e-1",
                         help="a grid tuned per method ('1e-3,1e-2'), or one per method 'lora=1e-3:1e-2,mora=1e-2'")
     parser.add_argument("--alphas", default="2", help="LoRA's and ReLoRA's alpha as multiples of r, tuned with the "
-                                                      "rate: '2,8,32' (one value: not tuned, and the tables say so)")
+                        "rate: '2,8,32', or 'lora=0.5:2,relora=2:8' (one value: not tuned, and the tables say so)")
     parser.add_argument("--tune_seeds", default="0,4", help="seeds the picks are made on (by their mean); not reported")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds to report")
     parser.add_argument("--tune_only", action="store_true", help="stop after tuning (the sweep continues later)")
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None, trainer=train_one) -> dict:
         parser.error("--alpha: this sweep tunes LoRA's alpha over --alphas (multiples of --rank); give it there")
     for method in methods:  # reject bad train.py flags before the first run
         train.parse_args(flags_for(method, train_flags) + ["--method", method])
-    grids, alphas = parse_lrs(args.lrs, methods), [float(a) for a in args.alphas.split(",")]
+    grids = parse_grid(args.lrs, methods)
+    alphas = parse_grid(args.alphas, [m for m in methods if m in ("lora", "relora")], "--alphas")
     rank = train.parse_args(flags_for("lora", train_flags) + ["--method", "lora"]).rank
     with_alpha = lambda alpha: train_flags + (["--alpha", f"{alpha * rank:g}"] if alpha else [])  # a multiple of r
     root = os.path.join("out", "compare", args.tag or chosen or "default")
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None, trainer=train_one) -> dict:
     if args.pack:
         return pack_runs(args.pack, root)
 
-    combos = {m: [(lr, a) for a in (alphas if m in ("lora", "relora") else [None]) for lr in grids[m]] for m in methods}
+    combos = {m: [(lr, a) for a in alphas.get(m, [None]) for lr in grids[m]] for m in methods}
     tuned_methods = [m for m in methods if len(combos[m]) > 1]
     tuning_jobs = [(root, m, lr, seed, with_alpha(a))
                    for m in tuned_methods for lr, a in combos[m] for seed in tune_seeds]
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None, trainer=train_one) -> dict:
             tuned = {(g, a): [final_loss(run(root, method, g, seed, with_alpha(a))) for seed in tune_seeds]
                      for g, a in combos[method]}
             (lr, alpha), notes = pick({c: [-loss for loss in losses] for c, losses in tuned.items()}, grids[method],
-                                      alphas, ONE_SEED_FLAT)
+                                      alphas.get(method, []), ONE_SEED_FLAT)
             shown = [("/".join(f"{x:.4f}" if math.isfinite(x) else "diverged" for x in losses) + f" at {g:g}"
                       + (f" alpha {a:g}r" if a else "")) for (g, a), losses in tuned.items()]
             tuning.append(f"tuning seeds {tune_seeds}, {method}: final val loss " + ", ".join(shown) + f"; picked "

@@ -38,7 +38,7 @@ import torch
 
 import mora
 import train
-from experiments.harness import interval_text, paired_difference, parse_lrs, run_main, spread, spread_text, write_json
+from experiments.harness import interval_text, paired_difference, parse_grid, run_main, spread, spread_text, write_json
 from experiments.pretraining import final_loss, flags_for, nats, run
 
 TWINS = {"relora": "lora", "remora": "mora"}  # a restarted method and the one it restarts
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     needs = {"paper": bases, "tuned": bases + twins, "remora": ["remora"], "merge_every": twins,
              "reset": twins}[args.part]
     rates = {}
-    for m, grid in parse_lrs(args.lrs, needs).items():
+    for m, grid in parse_grid(args.lrs, needs).items():
         if len(grid) > 1:
             raise train.UserError(f"--lrs {args.lrs} gives {m} {len(grid)} rates; give one (pick it on a tuning seed "
                                   f"with experiments/pretraining.py)")

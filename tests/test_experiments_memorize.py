@@ -38,16 +38,20 @@ def test_tuning_picks_the_best_rate_and_warns_at_an_edge():
     assert lr == 1e-2 and "edge of the grid" in warning
 
 
-def test_learning_rate_flags():
-    assert harness.parse_lrs("1e-2,3e-2", ["lora", "mora"]) == {"lora": [1e-2, 3e-2], "mora": [1e-2, 3e-2]}
-    assert harness.parse_lrs("lora=1e-2,mora=3e-2", ["lora", "mora"]) == {"lora": [1e-2], "mora": [3e-2]}
-    assert harness.parse_lrs("lora=1e-3:1e-2,mora=3e-2", ["lora", "mora"]) == {"lora": [1e-3, 1e-2],
+def test_grid_flags_one_for_all_or_one_per_method():
+    assert harness.parse_grid("1e-2,3e-2", ["lora", "mora"]) == {"lora": [1e-2, 3e-2], "mora": [1e-2, 3e-2]}
+    assert harness.parse_grid("lora=1e-2,mora=3e-2", ["lora", "mora"]) == {"lora": [1e-2], "mora": [3e-2]}
+    assert harness.parse_grid("lora=1e-3:1e-2,mora=3e-2", ["lora", "mora"]) == {"lora": [1e-3, 1e-2],
                                                                                      "mora": [3e-2]}
-    with pytest.raises(train.UserError, match=r"no rate for \['full'\]"):
-        harness.parse_lrs("lora=1e-2", ["full", "lora"])
+    with pytest.raises(train.UserError, match=r"no value for \['full'\]"):
+        harness.parse_grid("lora=1e-2", ["full", "lora"])
     for bad in ("1e-2,fast", "lora=1e-2=3e-2"):
-        with pytest.raises(train.UserError, match=f"--lrs {bad} is not a learning-rate grid"):
-            harness.parse_lrs(bad, ["lora"])
+        with pytest.raises(train.UserError, match=f"--lrs {bad} is not a grid"):
+            harness.parse_grid(bad, ["lora"])
+    assert harness.parse_grid("lora=0.5:2,relora=8", ["lora", "relora"], "--alphas") == {"lora": [0.5, 2.0],
+                                                                                        "relora": [8.0]}
+    with pytest.raises(train.UserError, match=r"--alphas lora=2 gives no value for \['relora'\]"):
+        harness.parse_grid("lora=2", ["lora", "relora"], "--alphas")
 
 
 def test_reach_summary_counts_not_reached_as_infinite():

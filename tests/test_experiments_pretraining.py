@@ -72,6 +72,10 @@ def test_loras_alpha_is_tuned_with_its_rate_and_reported_with_it(workdir):
     assert next(line for line in results["tables"] if line.startswith("| lora |")).split(" | ")[3] == f"{alpha:g}r"
     assert (workdir / "out" / "compare" / "alpha" / f"lora-alpha{2 * alpha:g}-lr{lr:g}-seed1").is_dir()
     assert not list((workdir / "out" / "compare" / "alpha").glob("mora-*-seed0"))
+    per_method = [*args[:2], "--alphas", "lora=1:4:16", *args[4:]]  # the same grid, given per method: the same runs
+    assert compare.main(per_method)["tables"] == results["tables"]
+    with pytest.raises(train.UserError, match=r"--alphas lora=1:4:16 gives no value for \['relora'\]"):
+        compare.main(["--methods", "lora,relora", "--alphas", "lora=1:4:16", "--lrs", "1e-2", *TINY])
     with pytest.raises(SystemExit):  # LoRA's alpha is tuned here, never passed through
         compare.main([*args, "--alpha", "8"])
 

@@ -116,7 +116,7 @@ def test_paper_and_tuned_settings_share_the_base_runs(workdir):
     (["--part", "paper", "--lrs", "lora=1e-2:3e-2,mora=3e-2"], "gives lora 2 rates"),
     (["--part", "paper", "--lrs", "lora=1e-2,mora=3e-2", "--merge_every", "5"], "leave them out"),
     (["--part", "remora", "--lrs", "remora=1e-2", "--warmup=5"], "leave them out"),
-    (["--part", "tuned", "--lrs", "lora=1e-2,mora=3e-2"], "no rate for"),
+    (["--part", "tuned", "--lrs", "lora=1e-2,mora=3e-2"], "gives no value for"),
     (["--part", "merge_every", "--lrs", "relora=1e-2,remora=3e-2", "--frequencies", "100,2e2"], "2e2: write step"),
     (["--part", "paper", "--methods", "relora", "--lrs", "relora=1e-2"], "--methods relora"),
 ])
