@@ -9,6 +9,8 @@ LoRA is widest. Parts: each invocation trains what is left and fits --minutes, t
     python -m experiments.capacity --preset gpu --pack capacity-gpu.tar.gz     # the runs and base in one file
     python -m experiments.capacity --unpack capacity-gpu.tar.gz                # on the machine they travel to
     python -m experiments.capacity --preset toy --device cpu                   # the whole study in seconds (a test)
+    python -m experiments.capacity --points 64 --grid 4,8,16 --alphas 2,8,32 --labels "lora,mora rotate" --tune_only
+                                                        # a probe past the CPU preset's edges: two methods' tuning
 
 A part prints its estimate first: the runs it will train, of those left in the current stage. Stages, each read from
 the run cache of the one before: (1) tuning at every point on two tuning seeds, never reported, at the report's step
@@ -237,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grid", help="each method's tuning grid: memorize_uuid.RATES times these")
     parser.add_argument("--tune_seeds", default="0,4", help="the seeds picks are made on; never reported")
     parser.add_argument("--seeds", default="1,2,3", help="the reported seeds")
+    parser.add_argument("--labels", default=",".join(METHODS), help=f"the curve's methods, of {', '.join(METHODS)}")
+    parser.add_argument("--tune_only", action="store_true", help="stop after tuning, printing it (to probe a grid)")
     parser.add_argument("--flat", type=number, default=0.02, help="a plateau: accuracy moved less in the last quarter")
     parser.add_argument("--workers", type=count, help="processes training at once (experiments.many)")
     parser.add_argument("--runs", type=count, help="runs batched in each process (1: one by one)")
@@ -259,6 +263,12 @@ def main(argv: list[str] | None = None) -> dict:
     points = [int(p) for p in args.points.split(",")]
     if set(tune_seeds) & set(seeds):
         parser.error(f"--seeds {args.seeds} and --tune_seeds {args.tune_seeds} share a seed, which is not reported")
+    labels = args.labels.split(",")
+    if not set(labels) <= set(METHODS):
+        parser.error(f"--labels {args.labels}: choose from {', '.join(METHODS)}")
+    if not args.tune_only and not {"lora", "mora rotate"} <= set(labels):
+        parser.error(f"--labels {args.labels}: the ladder needs rotate's lead over LoRA; keep both, or add --tune_only")
+    methods = {label: METHODS[label] for label in labels}
     out_dir = os.path.join("out", "uuid", args.tag or f"capacity-{args.preset}")
     device = setup_device(args.device, args.dtype)[0]
     # the CPU preset's base is the demo's (its runs can be experiments.memorize's); a GPU pretrains its own
@@ -267,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.pack:
         return pack(args.pack, base) or {}
 
-    stages = [("tuning", METHODS, tune_seeds, None), ("reported", METHODS, seeds, "picks")]
+    stages = [("tuning", methods, tune_seeds, None), ("reported", methods, seeds, "picks")]
     picks, tuning_lines, rows, ladder_point = {}, [], {}, None
     for stage, labels, stage_seeds, uses in stages + [("ladder tuning", LADDER, tune_seeds, None),
                                                       ("ladder", LADDER, seeds, "picks")]:
@@ -286,6 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
             new_picks, lines = tuning_picks(runs, found, args)
             picks.update(new_picks)
             tuning_lines += [line for line in lines if line not in tuning_lines]  # the ladder shares LoRA's, ...
+            if args.tune_only:
+                print("\n".join(["Tuning (final character accuracy on the tuning seeds):", ""] + tuning_lines))
+                return {"tables": tuning_lines, "picks": picks}
         else:
             table = {}
             for run, result in zip(runs, found):

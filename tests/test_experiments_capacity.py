@@ -60,6 +60,8 @@ def test_the_toy_study_in_parts_that_resume_then_its_tables_and_a_pack_that_trav
 
     monkeypatch.setattr(memorize_uuid, "finetune", lambda *a, **k: pytest.fail("a finished run was run again"))
     assert capacity.main(TOY)["tables"] == results["tables"]  # every run from the cache
+    probe = capacity.main(TOY + ["--labels", "lora,mora share", "--tune_only"])["tables"]  # a probe of two grids
+    assert probe == [line for line in results["tables"] if ", lora: final" in line or ", mora share: final" in line]
     capacity.main(TOY + ["--pack", str(tmp_path / "toy.tar.gz")])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -70,7 +72,9 @@ def test_the_toy_study_in_parts_that_resume_then_its_tables_and_a_pack_that_trav
 
 @pytest.mark.parametrize("flags,message", [(["--pairs", "64"], "--pairs 64: this study sets it (--points)"),
                                            (["--alpha_r", "32"], "this study sets it (--alphas)"),
-                                           (["--seeds", "0,1"], "share a seed")])
+                                           (["--seeds", "0,1"], "share a seed"),
+                                           (["--labels", "lora,dora"], "--labels lora,dora: choose from lora, "),
+                                           (["--labels", "lora"], "keep both, or add --tune_only")])
 def test_flags_this_study_sets_itself_are_refused(capsys, flags, message):
     with pytest.raises(SystemExit) as stop:
         capacity.main(TOY + flags)
