@@ -26,13 +26,16 @@ from experiments import pretraining
 from experiments.harness import (interval_text, paired_difference, pyplot, run_main, save_figure, spread,
                                  spread_text, write_json)
 
-# cpu grids: the adapters' are pretraining.py's stdlib-cpu grids, which its tuning centred (LoRA 1e-2 at alpha 2r,
-# MoRA 3e-2, docs/experiments.md); full training's first (3e-4 to 3e-3) put its pick at the top, so it reaches 3e-2.
+# cpu grids: the adapters' began as pretraining.py's stdlib-cpu grids, which its tuning centred (LoRA 1e-2 at alpha
+# 2r, MoRA 3e-2, docs/experiments.md); each grid then grew where its pick sat at an edge: full training's rate (to
+# 3e-2), LoRA's rate (1e-1) and alpha (0.125r), ReLoRA's alpha (32r, then 128r) and rate (1e-3), and MoRA's and
+# ReMoRA's rate (3e-3, where sharing's pick sat).
 PRESETS = {  # base: the prose model's train.py flags; flags: every continued run's
     "cpu": {"base": "--lr 1e-2", "flags": "--max_iters 300 --warmup 20 --eval_interval 50 --merge_every 100",
-            "lrs": "full=3e-4:1e-3:3e-3:1e-2:3e-2,lora=3e-3:1e-2:3e-2,relora=3e-3:1e-2:3e-2,mora=1e-2:3e-2:1e-1,"
-                   "remora=1e-2:3e-2:1e-1", "alphas": "0.5,2,8", "workers": 2, "minutes": 45, "steps_per_s": 4,
-            "share_rates": "rotate"},
+            "lrs": "full=3e-4:1e-3:3e-3:1e-2:3e-2,lora=3e-3:1e-2:3e-2:1e-1,relora=1e-3:3e-3:1e-2:3e-2,"
+                   "mora=3e-3:1e-2:3e-2:1e-1,remora=3e-3:1e-2:3e-2:1e-1",
+            "alphas": "lora=0.125:0.5:2:8,relora=0.5:2:8:32:128", "workers": 2, "minutes": 45, "steps_per_s": 4,
+            "share_rates": "tuned"},
     "toy": {"base": "--n_layer 1 --n_head 2 --n_embd 32 --block_size 32 --batch_size 4 --eval_iters 2 --warmup 2 "
                     "--max_iters 6 --eval_interval 3",
             "flags": "--batch_size 4 --eval_iters 2 --warmup 2 --max_iters 6 --eval_interval 3 --merge_every 3 "
