@@ -263,12 +263,12 @@ def main(argv: list[str] | None = None) -> dict:
     points = [int(p) for p in args.points.split(",")]
     if set(tune_seeds) & set(seeds):
         parser.error(f"--seeds {args.seeds} and --tune_seeds {args.tune_seeds} share a seed, which is not reported")
-    labels = args.labels.split(",")
-    if not set(labels) <= set(METHODS):
+    curve_labels = args.labels.split(",")
+    if not set(curve_labels) <= set(METHODS):
         parser.error(f"--labels {args.labels}: choose from {', '.join(METHODS)}")
-    if not args.tune_only and not {"lora", "mora rotate"} <= set(labels):
+    if not args.tune_only and not {"lora", "mora rotate"} <= set(curve_labels):
         parser.error(f"--labels {args.labels}: the ladder needs rotate's lead over LoRA; keep both, or add --tune_only")
-    methods = {label: METHODS[label] for label in labels}
+    methods = {label: METHODS[label] for label in curve_labels}
     out_dir = os.path.join("out", "uuid", args.tag or f"capacity-{args.preset}")
     device = setup_device(args.device, args.dtype)[0]
     # the CPU preset's base is the demo's (its runs can be experiments.memorize's); a GPU pretrains its own
