@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None, trainer=train_one) -> dict:
     for method in methods:  # reject bad train.py flags before the first run
         train.parse_args(flags_for(method, train_flags) + ["--method", method])
     grids = parse_grid(args.lrs, methods)
-    alphas = parse_grid(args.alphas, [m for m in methods if m in ("lora", "relora")], "--alphas")
+    alphas = parse_grid(args.alphas, [m for m in methods if m in train.ONLY_FOR["alpha"]], "--alphas")
+    if set(alphas) - set(train.ONLY_FOR["alpha"]):
+        parser.error(f"--alphas {args.alphas}: only {' and '.join(train.ONLY_FOR['alpha'])} have an alpha")
     rank = train.parse_args(flags_for("lora", train_flags) + ["--method", "lora"]).rank
     with_alpha = lambda alpha: train_flags + (["--alpha", f"{alpha * rank:g}"] if alpha else [])  # a multiple of r
     root = os.path.join("out", "compare", args.tag or chosen or "default")

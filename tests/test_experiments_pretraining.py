@@ -76,6 +76,8 @@ def test_loras_alpha_is_tuned_with_its_rate_and_reported_with_it(workdir):
     assert compare.main(per_method)["tables"] == results["tables"]
     with pytest.raises(train.UserError, match=r"--alphas lora=1:4:16 gives no value for \['relora'\]"):
         compare.main(["--methods", "lora,relora", "--alphas", "lora=1:4:16", "--lrs", "1e-2", *TINY])
+    with pytest.raises(SystemExit):  # MoRA has no alpha: a grid for it is refused, not ignored
+        compare.main([*args[:2], "--alphas", "lora=1:4:16,mora=2", *args[4:]])
     with pytest.raises(SystemExit):  # LoRA's alpha is tuned here, never passed through
         compare.main([*args, "--alpha", "8"])
 
