@@ -11,19 +11,24 @@ LoRA is widest. Parts: each invocation trains what is left and fits --minutes, t
     python -m experiments.capacity --preset toy --device cpu                   # the whole study in seconds (a test)
     python -m experiments.capacity --points 64 --grid 4,8,16 --alphas 2,8,32 --labels "lora,mora rotate" --tune_only
                                                         # a probe past the CPU preset's edges: two methods' tuning
+    python -m experiments.capacity --points 16 --min_steps 3000 --grid 1,2,4 --alphas 8,32,128 \
+        --labels "lora,mora rotate" --no-ladder --tag capacity-cpu-16       # one point, long enough to plateau
 
 A part prints its estimate first: the runs it will train, of those left in the current stage. Stages, each read from
 the run cache of the one before: (1) tuning at every point on two tuning seeds, never reported, at the report's step
-budget, by the final character accuracy (harness.pick notes a pick at an edge, flat or at the floor); (2) the reported
-seeds at each pick; (3) the ladder's tuning at the point where rotate - LoRA is widest, and (4) its reported seeds.
-Then the tables (stdout and out/uuid/<tag>/capacity.json), the paired differences, and with matplotlib the figure.
+budget, by the final character accuracy (harness.pick notes a pick at an edge, flat or at the floor); (2) the
+reported seeds at each pick; (3) the ladder's tuning at the point where rotate - LoRA is widest, and (4) its reported
+seeds (--no-ladder: not). Then the tables (stdout and out/uuid/<tag>/capacity.json), the paired differences, and with
+matplotlib the figure.
 
 The measure: a run is offered pairs x 122 random bits (a version-4 UUID's 128, less the 6 its version and variant
-fix) per trainable parameter. It stores (exact) its exactly recalled pairs x 122, or (characters) pairs x 122 x the
-fraction of the characters above the format floor that it gets right, (acc - floor) / (1 - floor): a proxy, not an
-information measure. A run stopped improving when it memorized (>= 99% of the characters) or plateaued (its accuracy
-moved by less than --flat over the last quarter of its checkpoints); one never 2 points above the floor is at the
-floor, however flat. Every run decays its rate to a tenth (memorize_uuid's cosine) over epochs x pairs / batch steps.
+fix) per trainable parameter. It stores (exact) its exact matches x 122 (a value that also ends where it should: one
+right character by character that runs on counts as none), or (characters) pairs x 122 x the fraction of the
+characters above the format floor that it gets right, (acc - floor) / (1 - floor): a proxy, not an information
+measure. A run stopped improving when it memorized (>= 99% of the characters) or plateaued (its accuracy moved by
+less than --flat over the last quarter of its checkpoints); one never 2 points above the floor is at the floor,
+however flat. Every run decays its rate to a tenth (memorize_uuid's cosine) over epochs x pairs / batch steps, or
+--min_steps if more: a few pairs still take thousands of steps (at r=2, 16 pairs took LoRA about 2,000).
 """
 
 import argparse
@@ -47,13 +52,13 @@ METHODS = {"lora": ("lora", None), "mora rotate": ("mora", "rotate"), "mora shar
 LADDER = {"lora": ("lora", None), **{f"mora {c}": ("mora", c) for c in mora.COMPRESSIONS}}
 GRID = (0.25, 0.5, 1, 2, 4)  # tuning grids: each method's demo rate (memorize_uuid.RATES, scaled) times these
 PRESETS = {  # rates: memorize_uuid.RATES (picked at r=8, 64 pairs, 1,200 steps) times GRID; LoRA's alpha around 128r
-    "cpu": {"base": None, "rank": 2, "points": "8,16,32,64", "epochs": 400, "alphas": "32,128,512",
+    "cpu": {"base": None, "rank": 2, "points": "8,16,32,64", "epochs": 400, "min_steps": 1, "alphas": "32,128,512",
             "grid": "0.5,1,2,4", "workers": 2, "runs": 1, "minutes": 45, "steps_per_s": 14.0, "device": "cpu",
             "dtype": "float32"},
-    "gpu": {"base": None, "rank": 8, "points": "32,64,128,256,512,1024", "epochs": 1000, "alphas": "32,128,512",
-            "grid": "0.25,0.5,1,2,4", "workers": 4, "runs": 32, "minutes": 9, "steps_per_s": 3000.0,
-            "device": "cuda", "dtype": "bfloat16"},
-    "toy": {"base": None, "rank": 2, "points": "4,8", "epochs": 2, "alphas": "32,128", "grid": "1,2",
+    "gpu": {"base": None, "rank": 8, "points": "32,64,128,256,512,1024", "epochs": 1000, "min_steps": 1,
+            "alphas": "32,128,512", "grid": "0.25,0.5,1,2,4", "workers": 4, "runs": 32, "minutes": 9,
+            "steps_per_s": 3000.0, "device": "cuda", "dtype": "bfloat16"},
+    "toy": {"base": None, "rank": 2, "points": "4,8", "epochs": 2, "min_steps": 1, "alphas": "32,128", "grid": "1,2",
             "workers": 1, "runs": 2, "minutes": 60, "steps_per_s": 100.0, "device": "cpu", "dtype": "float32"},
 }
 BASE_NAMES = {"cpu": "cpu", "gpu": "capacity-gpu", "toy": "capacity-toy"}  # memorize.load_base's preset names
@@ -62,7 +67,7 @@ TOY_BASE = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size",
 
 
 def steps_for(pairs: int, args) -> int:
-    return max(1, args.epochs * pairs // args.batch_size)
+    return max(args.min_steps, args.epochs * pairs // args.batch_size)
 
 
 def run_flags(args, pairs: int, compress: str | None, alpha_r: float | None) -> argparse.Namespace:
@@ -166,19 +171,20 @@ def report(rows: dict, args) -> list[str]:
                      f"{', '.join('-' if s is None else str(s) for s in reach)} | "
                      f"{sum(s in ('memorized', 'plateau') for s in states)}/{len(states)} "
                      f"({', '.join(sorted(set(states)))}) |")
-    lines += ["", "Paired against LoRA at the same point, by seed: final character accuracy (points) and stored bits "
-                  "per parameter (characters):", "", "| pairs | method - lora | accuracy: mean | 95% interval | "
-                  "per seed | bits/param: mean | 95% interval |", "|---" * 7 + "|"]
+    paired = []
     for (pairs, label), row in rows.items():
         if label in ("lora", "full") or (pairs, "lora") not in rows:
             continue
         lora = rows[pairs, "lora"]
         acc = paired_difference(*([r["curve"][-1]["char_acc"] for r in x["runs"]] for x in (row, lora)))
         bits = paired_difference(*([stored_bits(r, pairs, x["floor"])[1] for r in x["runs"]] for x in (row, lora)))
-        lines.append(f"| {pairs} | {label} - lora | {pct(acc['mean'])} | {interval_text(acc, pct)} | "
-                     f"{', '.join(pct(x) for x in acc['diffs'])} | {bits['mean']:.3f} | "
-                     f"{interval_text(bits, '{:.3f}'.format)} |")
-    return lines
+        paired.append(f"| {pairs} | {label} - lora | {pct(acc['mean'])} | {interval_text(acc, pct)} | "
+                      f"{', '.join(pct(x) for x in acc['diffs'])} | {bits['mean']:.3f} | "
+                      f"{interval_text(bits, '{:.3f}'.format)} |")
+    header = ["", "Paired against LoRA at the same point, by seed: final character accuracy (points) and stored bits "
+                  "per parameter (characters):", "", "| pairs | method - lora | accuracy: mean | 95% interval | "
+                  "per seed | bits/param: mean | 95% interval |", "|---" * 7 + "|"]
+    return lines + (header + paired if paired else [])
 
 
 def min_max_bars(groups: list[list[float]]) -> list[list[float]]:
@@ -190,12 +196,13 @@ def min_max_bars(groups: list[list[float]]) -> list[list[float]]:
 
 
 def plot(rows: dict, ladder: dict, path: str) -> bool:
-    """Left: stored against offered bits per parameter (the diagonal: every bit kept). Right: the ladder's final
-    accuracy against the update's effective rank."""
+    """Left: stored against offered bits per parameter (the diagonal: every bit kept). Right, if the ladder ran: its
+    final accuracy against the update's effective rank."""
     plt = pyplot()
     if plt is None:
         return False
-    fig, (curve, steps) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2 if ladder else 1, figsize=(12 if ladder else 6, 4.5), squeeze=False)
+    curve, rungs = axes[0][0], axes[0][-1]
     for label in dict.fromkeys(label for _, label in rows):
         points = sorted((pairs, row) for (pairs, l), row in rows.items() if l == label)
         offered = [pairs * BITS_PER_PAIR / row["runs"][0]["trainable_params"] for pairs, row in points]
@@ -207,13 +214,14 @@ def plot(rows: dict, ladder: dict, path: str) -> bool:
     curve.set(xscale="log", yscale="log", xlabel=f"offered: UUID bits per trainable parameter ({BITS_PER_PAIR} a pair)",
               ylabel="stored (characters above the floor), bits per parameter",
               title=f"At the end of each run: mean and min-max over {len(next(iter(rows.values()))['runs'])} seeds")
-    for (pairs, label), row in ladder.items():
+    for (pairs, label), row in ladder.items():  # none: no right panel
         ranks = [statistics.fmean(s["effective_rank"] for s in r["spectra"].values() if s) for r in row["runs"]]
         finals = [100 * r["curve"][-1]["char_acc"] for r in row["runs"]]
-        steps.errorbar([statistics.fmean(ranks)], [statistics.fmean(finals)], yerr=min_max_bars([finals]), marker="o",
+        rungs.errorbar([statistics.fmean(ranks)], [statistics.fmean(finals)], yerr=min_max_bars([finals]), marker="o",
                        capsize=3, label=label)
-    steps.set(xlabel="effective rank of dW (mean over layers)", ylabel="final character accuracy (%)", ylim=(0, 101),
-              title=f"The ladder at {next(iter(ladder))[0] if ladder else '-'} pairs, equal parameters")
+    if ladder:
+        rungs.set(xlabel="effective rank of dW (mean over layers)", ylabel="final character accuracy (%)",
+                  ylim=(0, 101), title=f"The ladder at {next(iter(ladder))[0]} pairs, equal parameters")
     save_figure(fig, path)
     return True
 
@@ -235,12 +243,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rank", type=count, help="LoRA rank of every point (MoRA: its budget)")
     parser.add_argument("--points", help="comma-separated numbers of pairs: the points of the curve")
     parser.add_argument("--epochs", type=count, help="passes over the pairs: a run's steps are epochs x pairs / batch")
+    parser.add_argument("--min_steps", type=count, help="a run's steps at the least, whatever its epochs give")
     parser.add_argument("--alphas", help="LoRA's alpha / r, tuned with the rate at every point")
     parser.add_argument("--grid", help="each method's tuning grid: memorize_uuid.RATES times these")
     parser.add_argument("--tune_seeds", default="0,4", help="the seeds picks are made on; never reported")
     parser.add_argument("--seeds", default="1,2,3", help="the reported seeds")
     parser.add_argument("--labels", default=",".join(METHODS), help=f"the curve's methods, of {', '.join(METHODS)}")
     parser.add_argument("--tune_only", action="store_true", help="stop after tuning, printing it (to probe a grid)")
+    parser.add_argument("--ladder", action=argparse.BooleanOptionalAction, default=True,
+                        help="the ladder of compressions after the curve (--no-ladder: stop at the curve)")
     parser.add_argument("--flat", type=number, default=0.02, help="a plateau: accuracy moved less in the last quarter")
     parser.add_argument("--workers", type=count, help="processes training at once (experiments.many)")
     parser.add_argument("--runs", type=count, help="runs batched in each process (1: one by one)")
@@ -266,8 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
     curve_labels = args.labels.split(",")
     if not set(curve_labels) <= set(METHODS):
         parser.error(f"--labels {args.labels}: choose from {', '.join(METHODS)}")
-    if not args.tune_only and not {"lora", "mora rotate"} <= set(curve_labels):
-        parser.error(f"--labels {args.labels}: the ladder needs rotate's lead over LoRA; keep both, or add --tune_only")
+    if args.ladder and not args.tune_only and not {"lora", "mora rotate"} <= set(curve_labels):
+        parser.error(f"--labels {args.labels}: the ladder needs rotate's lead over LoRA; keep both, or add --no-ladder")
     methods = {label: METHODS[label] for label in curve_labels}
     out_dir = os.path.join("out", "uuid", args.tag or f"capacity-{args.preset}")
     device = setup_device(args.device, args.dtype)[0]
@@ -278,9 +289,10 @@ def main(argv: list[str] | None = None) -> dict:
         return pack(args.pack, base) or {}
 
     stages = [("tuning", methods, tune_seeds, None), ("reported", methods, seeds, "picks")]
-    picks, tuning_lines, rows, ladder_point = {}, [], {}, None
-    for stage, labels, stage_seeds, uses in stages + [("ladder tuning", LADDER, tune_seeds, None),
-                                                      ("ladder", LADDER, seeds, "picks")]:
+    if args.ladder:
+        stages += [("ladder tuning", LADDER, tune_seeds, None), ("ladder", LADDER, seeds, "picks")]
+    picks, tuning_lines, rows, ladder_point = {}, [], {"ladder": {}}, None
+    for stage, labels, stage_seeds, uses in stages:
         where = [ladder_point] if stage.startswith("ladder") else points
         runs = specs(where, labels, args, stage_seeds, picks if uses else None)
         found = results_of(runs, base, device)
@@ -306,16 +318,17 @@ def main(argv: list[str] | None = None) -> dict:
             block = {key: {"runs": rs, "floor": statistics.fmean(r["format_floor"] for r in rs)}
                      for key, rs in table.items()}
             rows[stage] = block
-            if stage == "reported":  # the ladder goes where rotate's lead over LoRA in final accuracy is widest
+            if stage == "reported" and args.ladder:  # where rotate's lead over LoRA in final accuracy
                 lead = {p: statistics.fmean(a["curve"][-1]["char_acc"] - b["curve"][-1]["char_acc"] for a, b in
                                             zip(block[p, "mora rotate"]["runs"], block[p, "lora"]["runs"]))
                         for p in points}
-                ladder_point = max(lead, key=lead.get)
+                ladder_point = max(lead, key=lead.get)  # is widest
 
-    lines = ([f"The curve: rank {args.rank}, seeds {seeds} (picked on {tune_seeds}), {args.epochs} epochs a run", ""]
-             + report(rows["reported"], args) + ["", f"The ladder at {ladder_point} pairs:", ""]
-             + report(rows["ladder"], args) + ["", "Tuning (final character accuracy on the tuning seeds):", ""]
-             + tuning_lines)
+    steps = ", ".join(f"{p} pairs {steps_for(p, args)}" for p in points)
+    ladder = ["", f"The ladder at {ladder_point} pairs:", ""] + report(rows["ladder"], args) if rows["ladder"] else []
+    lines = ([f"The curve: rank {args.rank}, seeds {seeds} (picked on {tune_seeds}); steps a run: {steps}", ""]
+             + report(rows["reported"], args) + ladder
+             + ["", "Tuning (final character accuracy on the tuning seeds):", ""] + tuning_lines)
     print("\n" + "\n".join(lines))
     write_json(os.path.join(out_dir, "capacity.json"), {"args": vars(args), "tables": lines,
                                                         "ladder_point": ladder_point,

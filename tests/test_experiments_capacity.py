@@ -74,11 +74,22 @@ def test_the_toy_study_in_parts_that_resume_then_its_tables_and_a_pack_that_trav
                                            (["--alpha_r", "32"], "this study sets it (--alphas)"),
                                            (["--seeds", "0,1"], "share a seed"),
                                            (["--labels", "lora,dora"], "--labels lora,dora: choose from lora, "),
-                                           (["--labels", "lora"], "keep both, or add --tune_only")])
+                                           (["--labels", "lora"], "keep both, or add --no-ladder")])
 def test_flags_this_study_sets_itself_are_refused(capsys, flags, message):
     with pytest.raises(SystemExit) as stop:
         capacity.main(TOY + flags)
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_study_that_stops_at_the_curve_gives_every_run_its_minimum_of_steps(workdir):
+    """Two epochs of 4 or 8 pairs in batches of 32 are 0 steps, so --min_steps 3 sets every run's length; no LoRA to
+    pair against and no ladder (it needs rotate's lead over LoRA): the curve's table, its tuning, nothing else."""
+    results = capacity.main(TOY + ["--labels", "mora share", "--no-ladder", "--min_steps", "3"])
+    assert set(results["rows"]["reported"]) == {(4, "mora share"), (8, "mora share")}
+    assert all(r["curve"][-1]["step"] == 3 for row in results["rows"]["reported"].values() for r in row["runs"])
+    assert results["rows"]["ladder"] == {} and results["ladder_point"] is None
+    assert "steps a run: 4 pairs 3, 8 pairs 3" in results["tables"][0]
+    assert not any("ladder" in line or " - lora |" in line for line in results["tables"])
 
 
 def test_unpacking_a_file_that_is_not_there_is_one_line(workdir):
