@@ -11,7 +11,7 @@ LoRA is widest. Parts: each invocation trains what is left and fits --minutes, t
     python -m experiments.capacity --preset toy --device cpu                   # the whole study in seconds (a test)
     python -m experiments.capacity --points 64 --grid 4,8,16 --alphas 2,8,32 --labels "lora,mora rotate" --tune_only
                                                         # a probe past the CPU preset's edges: two methods' tuning
-    python -m experiments.capacity --points 16 --min_steps 3000 --grid 1,2,4 --alphas 8,32,128 \
+    python -m experiments.capacity --points 16 --min_steps 3000 --grid 1,2,4 --alphas 8,32,128,512 \
         --labels "lora,mora rotate" --no-ladder --tag capacity-cpu-16       # one point, long enough to plateau
 
 A part prints its estimate first: the runs it will train, of those left in the current stage. Stages, each read from
