@@ -52,13 +52,13 @@ METHODS = {"lora": ("lora", None), "mora rotate": ("mora", "rotate"), "mora shar
 LADDER = {"lora": ("lora", None), **{f"mora {c}": ("mora", c) for c in mora.COMPRESSIONS}}
 GRID = (0.25, 0.5, 1, 2, 4)  # tuning grids: each method's demo rate (memorize_uuid.RATES, scaled) times these
 PRESETS = {  # rates: memorize_uuid.RATES (picked at r=8, 64 pairs, 1,200 steps) times GRID; LoRA's alpha around 128r
-    "cpu": {"base": None, "rank": 2, "points": "8,16,32,64", "epochs": 400, "min_steps": 1, "alphas": "32,128,512",
+    "cpu": {"base": None, "rank": 2, "points": "8,16,32,64", "epochs": 400, "alphas": "32,128,512",
             "grid": "0.5,1,2,4", "workers": 2, "runs": 1, "minutes": 45, "steps_per_s": 14.0, "device": "cpu",
             "dtype": "float32"},
-    "gpu": {"base": None, "rank": 8, "points": "32,64,128,256,512,1024", "epochs": 1000, "min_steps": 1,
-            "alphas": "32,128,512", "grid": "0.25,0.5,1,2,4", "workers": 4, "runs": 32, "minutes": 9,
-            "steps_per_s": 3000.0, "device": "cuda", "dtype": "bfloat16"},
-    "toy": {"base": None, "rank": 2, "points": "4,8", "epochs": 2, "min_steps": 1, "alphas": "32,128", "grid": "1,2",
+    "gpu": {"base": None, "rank": 8, "points": "32,64,128,256,512,1024", "epochs": 1000, "alphas": "32,128,512",
+            "grid": "0.25,0.5,1,2,4", "workers": 4, "runs": 32, "minutes": 9, "steps_per_s": 3000.0,
+            "device": "cuda", "dtype": "bfloat16"},
+    "toy": {"base": None, "rank": 2, "points": "4,8", "epochs": 2, "alphas": "32,128", "grid": "1,2",
             "workers": 1, "runs": 2, "minutes": 60, "steps_per_s": 100.0, "device": "cpu", "dtype": "float32"},
 }
 BASE_NAMES = {"cpu": "cpu", "gpu": "capacity-gpu", "toy": "capacity-toy"}  # memorize.load_base's preset names
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rank", type=count, help="LoRA rank of every point (MoRA: its budget)")
     parser.add_argument("--points", help="comma-separated numbers of pairs: the points of the curve")
     parser.add_argument("--epochs", type=count, help="passes over the pairs: a run's steps are epochs x pairs / batch")
-    parser.add_argument("--min_steps", type=count, help="a run's steps at the least, whatever its epochs give")
+    parser.add_argument("--min_steps", type=count, default=1, help="a run's fewest steps, whatever its epochs give")
     parser.add_argument("--alphas", help="LoRA's alpha / r, tuned with the rate at every point")
     parser.add_argument("--grid", help="each method's tuning grid: memorize_uuid.RATES times these")
     parser.add_argument("--tune_seeds", default="0,4", help="the seeds picks are made on; never reported")
@@ -318,11 +318,12 @@ def main(argv: list[str] | None = None) -> dict:
             block = {key: {"runs": rs, "floor": statistics.fmean(r["format_floor"] for r in rs)}
                      for key, rs in table.items()}
             rows[stage] = block
-            if stage == "reported" and args.ladder:  # where rotate's lead over LoRA in final accuracy
+            # the ladder goes where rotate's lead over LoRA in final accuracy is widest
+            if stage == "reported" and args.ladder:
                 lead = {p: statistics.fmean(a["curve"][-1]["char_acc"] - b["curve"][-1]["char_acc"] for a, b in
                                             zip(block[p, "mora rotate"]["runs"], block[p, "lora"]["runs"]))
                         for p in points}
-                ladder_point = max(lead, key=lead.get)  # is widest
+                ladder_point = max(lead, key=lead.get)
 
     steps = ", ".join(f"{p} pairs {steps_for(p, args)}" for p in points)
     ladder = ["", f"The ladder at {ladder_point} pairs:", ""] + report(rows["ladder"], args) if rows["ladder"] else []

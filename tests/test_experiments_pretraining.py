@@ -57,7 +57,7 @@ def test_tune_on_two_seeds_then_report_final_losses_and_paired_gaps(workdir, mon
     assert "| none: one seed |" in next(line for line in one_seed if line.startswith("| lora - mora |"))
 
 
-def test_loras_alpha_is_tuned_with_its_rate_and_reported_with_it(workdir):
+def test_loras_alpha_is_tuned_with_its_rate_and_reported_with_it(workdir, capsys):
     args = ["--methods", "lora,mora", "--alphas", "1,4,16", "--lrs", "lora=1e-2:1e-1,mora=1e-2", "--tune_seeds", "0",
             "--seeds", "1", "--tag", "alpha", *TINY]
     results = compare.main(args)
@@ -78,6 +78,7 @@ def test_loras_alpha_is_tuned_with_its_rate_and_reported_with_it(workdir):
         compare.main(["--methods", "lora,relora", "--alphas", "lora=1:4:16", "--lrs", "1e-2", *TINY])
     with pytest.raises(SystemExit):  # MoRA has no alpha: a grid for it is refused, not ignored
         compare.main([*args[:2], "--alphas", "lora=1:4:16,mora=2", *args[4:]])
+    assert "--alphas lora=1:4:16,mora=2: only lora and relora have an alpha" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # LoRA's alpha is tuned here, never passed through
         compare.main([*args, "--alpha", "8"])
 
